@@ -1,0 +1,622 @@
+"""Zone files (``zones/*.yaml``) and service definitions -> model, with validation.
+
+Every problem is reported as ``file:line: field: message`` (or ``field: message`` for
+JSON from the API), all at once, so an operator fixes a file in one pass. Loading
+uses a safe YAML loader; nothing in a zone file can run code.
+
+Names follow zone-file convention: a name ending in "." is absolute, anything else
+is relative to the zone apex, and "@" is the apex itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gslb.errors import ConfigError
+from gslb.model import (
+    AddressData,
+    CheckKind,
+    Endpoint,
+    HealthCheck,
+    IPAddress,
+    Location,
+    MXData,
+    NameData,
+    Policy,
+    Pool,
+    Record,
+    RType,
+    Service,
+    SOASettings,
+    TXTData,
+    Zone,
+)
+
+CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
+MAX_TTL = 2**31 - 1
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_STATIC_TYPES = {"A", "AAAA", "CNAME", "TXT", "MX"}
+
+
+# --- YAML with line numbers ---------------------------------------------------------
+
+
+class _Map(dict[Any, Any]):
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class _Seq(list[Any]):
+    line: int = 0
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader whose mappings and sequences remember their line numbers."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        plain = super().construct_mapping(node, deep=True)
+        result = _Map(plain)
+        result.line = node.start_mark.line + 1
+        result.key_lines = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool):
+                result.key_lines[key] = key_node.start_mark.line + 1
+        return result
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> Any:
+        result = _Seq(super().construct_sequence(node, deep=True))
+        result.line = node.start_mark.line + 1
+        return result
+
+
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping
+)
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence
+)
+
+
+# --- problem collection -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Problems:
+    """Collects problems with where they are, instead of stopping at the first."""
+
+    source: str
+    items: list[str] = field(default_factory=list)
+
+    def add(self, container: Any, key: Any, path: str, message: str) -> None:
+        line = 0
+        if isinstance(container, _Map):
+            line = container.key_lines.get(key, container.line)
+        elif isinstance(container, _Seq):
+            line = container.line
+        where = f"{self.source}:{line}: " if self.source and line else (
+            f"{self.source}: " if self.source else ""
+        )
+        self.items.append(f"{where}{path}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# --- scalar readers: return None (and record a problem) when invalid -----------------
+
+
+def _int(p: _Problems, m: Any, key: str, path: str, default: int, lo: int, hi: int) -> int:
+    value = m.get(key, default) if isinstance(m, dict) else default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        p.add(m, key, _join(path, key), f"must be an integer from {lo} to {hi}, not {value!r}")
+        return default
+    return value
+
+
+def _float(
+    p: _Problems, m: Any, key: str, path: str, default: float, lo: float, hi: float
+) -> float:
+    value = m.get(key, default) if isinstance(m, dict) else default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        p.add(m, key, _join(path, key), f"must be a number from {lo} to {hi}, not {value!r}")
+        return default
+    return float(value)
+
+
+def _str(p: _Problems, m: Any, key: str, path: str, default: str | None = None) -> str | None:
+    value = m.get(key, default) if isinstance(m, dict) else default
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        p.add(m, key, _join(path, key), f"must be a non-empty string, not {value!r}")
+        return None
+    return value
+
+
+def _mapping(p: _Problems, parent: Any, key: Any, value: Any, path: str) -> dict[Any, Any]:
+    if value is None:
+        return _Map()
+    if not isinstance(value, dict):
+        p.add(parent, key, path, f"must be a mapping, not {type(value).__name__}")
+        return _Map()
+    return value
+
+
+def _list(p: _Problems, parent: Any, key: Any, value: Any, path: str) -> list[Any]:
+    """A list, or a single value standing for a list of one."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _unknown_keys(p: _Problems, m: Any, allowed: Iterable[str], path: str) -> None:
+    if isinstance(m, dict):
+        allowed = set(allowed)
+        for key in m:
+            if key not in allowed:
+                p.add(m, key, _join(path, key), f"unknown field (expected one of: "
+                      f"{', '.join(sorted(allowed))})")
+
+
+def parse_address(value: Any) -> IPAddress:
+    """An IPv4 or IPv6 address; ValueError with a readable message otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be an IP address string, not {value!r}")
+    try:
+        return ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def absolute_name(value: str, apex: str) -> str:
+    """``value`` as an absolute lower-cased name; relative names hang off ``apex``."""
+    name = value.strip().lower()
+    if name == "@":
+        return apex
+    if name.endswith("."):
+        return name
+    return f"{name}.{apex}" if apex != "." else f"{name}."
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` (absolute) is not a valid host name, or None."""
+    if name == ".":
+        return None
+    if len(name) > 254:
+        return "name longer than 253 characters"
+    for label in name[:-1].split("."):
+        if not _LABEL.match(label):
+            return f"invalid label {label!r} (letters, digits, '-' and '_', 1-63 characters)"
+    return None
+
+
+def in_zone(name: str, apex: str) -> bool:
+    return apex == "." or name == apex or name.endswith("." + apex)
+
+
+# --- services -----------------------------------------------------------------------
+
+
+def _parse_check(p: _Problems, parent: Any, value: Any, path: str) -> HealthCheck:
+    m = _mapping(p, parent, "check", value, path)
+    _unknown_keys(
+        p, m, ("type", "path", "port", "interval", "timeout", "rise", "fall", "expect"), path
+    )
+    default = HealthCheck()
+    kind_text = m.get("type", default.kind.value)
+    try:
+        kind = CheckKind(kind_text)
+    except ValueError:
+        p.add(m, "type", _join(path, "type"),
+              f"must be one of {', '.join(k.value for k in CheckKind)}, not {kind_text!r}")
+        kind = default.kind
+    check_path = _str(p, m, "path", path, default.path) or default.path
+    if not check_path.startswith("/"):
+        p.add(m, "path", _join(path, "path"), "must start with '/'")
+    port = m.get("port")
+    if port is not None:
+        port = _int(p, m, "port", path, 80, 1, 65535)
+    interval = _float(p, m, "interval", path, default.interval, 0.05, 3600)
+    timeout = _float(p, m, "timeout", path, default.timeout, 0.01, 600)
+    if timeout > interval:
+        p.add(m, "timeout", _join(path, "timeout"), "must not exceed the interval")
+    expect_min, expect_max = default.expect_min, default.expect_max
+    expect = m.get("expect")
+    if expect is not None:
+        match = re.fullmatch(r"\s*(\d{3})\s*(?:-\s*(\d{3})\s*)?", str(expect))
+        if not match:
+            p.add(m, "expect", _join(path, "expect"),
+                  f"must be a status code or a range like 200-399, not {expect!r}")
+        else:
+            expect_min = int(match.group(1))
+            expect_max = int(match.group(2) or match.group(1))
+            if not 100 <= expect_min <= expect_max <= 599:
+                p.add(m, "expect", _join(path, "expect"), "must be within 100-599, low to high")
+    return HealthCheck(
+        kind=kind,
+        path=check_path,
+        port=port,
+        interval=interval,
+        timeout=timeout,
+        rise=_int(p, m, "rise", path, default.rise, 1, 100),
+        fall=_int(p, m, "fall", path, default.fall, 1, 100),
+        expect_min=expect_min,
+        expect_max=expect_max,
+    )
+
+
+def _parse_endpoint(p: _Problems, parent: Any, index: int, value: Any, path: str) -> Endpoint | None:
+    if isinstance(value, str):  # shorthand: just the address
+        value = {"address": value}
+    m = _mapping(p, parent, index, value, path)
+    _unknown_keys(p, m, ("address", "port", "weight"), path)
+    try:
+        address = parse_address(m.get("address"))
+    except ValueError as exc:
+        p.add(m, "address", _join(path, "address"), str(exc))
+        return None
+    port = m.get("port")
+    if port is not None:
+        port = _int(p, m, "port", path, 80, 1, 65535)
+    return Endpoint(address=address, port=port, weight=_int(p, m, "weight", path, 100, 0, 10000))
+
+
+def _parse_location(p: _Problems, parent: Any, value: Any, path: str) -> Location | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2:
+        value = _Map({"lat": value[0], "lon": value[1]})
+        value.line, value.key_lines = getattr(parent, "line", 0), {}
+    m = _mapping(p, parent, "location", value, path)
+    _unknown_keys(p, m, ("lat", "lon"), path)
+    if "lat" not in m or "lon" not in m:
+        p.add(parent, "location", path, "needs lat and lon (or [lat, lon])")
+        return None
+    return Location(
+        _float(p, m, "lat", path, 0.0, -90, 90), _float(p, m, "lon", path, 0.0, -180, 180)
+    )
+
+
+def _codes(p: _Problems, m: Any, key: str, path: str, valid: Any) -> frozenset[str]:
+    codes = set()
+    for code in _list(p, m, key, m.get(key), _join(path, key)):
+        text = str(code).upper()
+        if not valid(text):
+            p.add(m, key, _join(path, key), f"{code!r} is not a valid code")
+        else:
+            codes.add(text)
+    return frozenset(codes)
+
+
+def _parse_pool(p: _Problems, parent: Any, name: Any, value: Any, path: str) -> Pool:
+    m = _mapping(p, parent, name, value, path)
+    _unknown_keys(
+        p, m, ("priority", "weight", "countries", "continents", "location", "endpoints"), path
+    )
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        p.add(parent, name, path, "pool names are 1-64 letters, digits, '.', '_' or '-'")
+    endpoints: list[Endpoint] = []
+    raw = m.get("endpoints")
+    seq = raw if isinstance(raw, list) else _list(p, m, "endpoints", raw, path)
+    seen: set[tuple[IPAddress, int | None]] = set()
+    for i, item in enumerate(seq):
+        endpoint = _parse_endpoint(p, seq, i, item, f"{_join(path, 'endpoints')}[{i}]")
+        if endpoint is None:
+            continue
+        if endpoint.key in seen:
+            p.add(seq, i, f"{_join(path, 'endpoints')}[{i}]", "duplicate endpoint")
+            continue
+        seen.add(endpoint.key)
+        endpoints.append(endpoint)
+    return Pool(
+        name=str(name),
+        priority=_int(p, m, "priority", path, 1, 0, 1000),
+        weight=_int(p, m, "weight", path, 100, 0, 10000),
+        countries=_codes(p, m, "countries", path, _COUNTRY.match),
+        continents=_codes(p, m, "continents", path, CONTINENTS.__contains__),
+        location=_parse_location(p, m, m.get("location"), _join(path, "location")),
+        endpoints=tuple(endpoints),
+    )
+
+
+SERVICE_FIELDS = ("ttl", "answers", "policy", "check", "pools")
+
+
+def _parse_service(p: _Problems, parent: Any, fqdn: str, value: Any, path: str) -> Service:
+    m = _mapping(p, parent, fqdn, value, path)
+    _unknown_keys(p, m, SERVICE_FIELDS, path)
+    policy_text = m.get("policy", Policy.STICKY.value)
+    try:
+        policy = Policy(policy_text)
+    except ValueError:
+        p.add(m, "policy", _join(path, "policy"),
+              f"must be one of {', '.join(x.value for x in Policy)}, not {policy_text!r}")
+        policy = Policy.STICKY
+    pools_raw = _mapping(p, m, "pools", m.get("pools"), _join(path, "pools"))
+    pools = tuple(
+        _parse_pool(p, pools_raw, name, pool, _join(_join(path, "pools"), name))
+        for name, pool in pools_raw.items()
+    )
+    return Service(
+        name=fqdn,
+        ttl=_int(p, m, "ttl", path, 30, 0, 86400),
+        answers=_int(p, m, "answers", path, 2, 1, 64),
+        policy=policy,
+        check=_parse_check(p, m, m.get("check"), _join(path, "check")),
+        pools=pools,
+    )
+
+
+def parse_service(name: str, data: Any) -> Service:
+    """A service from JSON-like data (the API's ``PUT /services/{name}``)."""
+    p = _Problems("")
+    fqdn = absolute_name(name, ".")
+    problem = check_name(fqdn)
+    if problem:
+        p.add(None, None, "name", problem)
+    service = _parse_service(p, None, fqdn, data, "")
+    p.raise_if_any()
+    return service
+
+
+# --- zones --------------------------------------------------------------------------
+
+
+ZONE_FIELDS = ("zone", "ttl", "soa", "nameservers", "records", "services")
+
+
+def _record_data(
+    p: _Problems, m: Any, rtype: str, item: Any, apex: str, path: str
+) -> AddressData | NameData | MXData | TXTData | None:
+    if rtype in ("A", "AAAA"):
+        try:
+            address = parse_address(item)
+        except ValueError as exc:
+            p.add(m, rtype, path, str(exc))
+            return None
+        if (rtype == "A") != isinstance(address, IPv4Address):
+            p.add(m, rtype, path, f"{address} is not an {'IPv4' if rtype == 'A' else 'IPv6'} address")
+            return None
+        return AddressData(address)
+    if rtype == "CNAME":
+        if not isinstance(item, str):
+            p.add(m, rtype, path, "must be a name")
+            return None
+        target = absolute_name(item, apex)
+        problem = check_name(target)
+        if problem:
+            p.add(m, rtype, path, problem)
+            return None
+        return NameData(target)
+    if rtype == "TXT":
+        text = str(item) if isinstance(item, str | int | float) else None
+        if text is None:
+            p.add(m, rtype, path, "must be text")
+            return None
+        data = text.encode()
+        chunks = tuple(data[i : i + 255].decode(errors="replace") for i in range(0, len(data), 255))
+        return TXTData(chunks or ("",))
+    # MX: "10 mail" or {preference: 10, exchange: mail}
+    if isinstance(item, str) and len(item.split()) == 2 and item.split()[0].isdigit():
+        item = {"preference": int(item.split()[0]), "exchange": item.split()[1]}
+    if not isinstance(item, dict) or not isinstance(item.get("exchange"), str):
+        p.add(m, rtype, path, "must be {preference: N, exchange: NAME} or 'N NAME'")
+        return None
+    preference = item.get("preference", 10)
+    if isinstance(preference, bool) or not isinstance(preference, int) or not 0 <= preference <= 65535:
+        p.add(m, rtype, path, "preference must be an integer from 0 to 65535")
+        return None
+    exchange = absolute_name(item["exchange"], apex)
+    problem = check_name(exchange)
+    if problem:
+        p.add(m, rtype, path, problem)
+        return None
+    return MXData(preference, exchange)
+
+
+def _parse_records(
+    p: _Problems, doc: Any, apex: str, default_ttl: int
+) -> list[Record]:
+    records: list[Record] = []
+    raw = _mapping(p, doc, "records", doc.get("records"), "records")
+    for owner, value in raw.items():
+        path = _join("records", owner)
+        if not isinstance(owner, str):
+            p.add(raw, owner, path, "record names must be strings")
+            continue
+        name = absolute_name(owner, apex)
+        problem = check_name(name) or (None if in_zone(name, apex) else f"{name} is outside {apex}")
+        if problem:
+            p.add(raw, owner, path, problem)
+            continue
+        m = _mapping(p, raw, owner, value, path)
+        ttl = _int(p, m, "ttl", path, default_ttl, 0, MAX_TTL)
+        for rtype in m:
+            if rtype == "ttl":
+                continue
+            if rtype not in _STATIC_TYPES:
+                hint = " (delegations are not supported; apex NS come from 'nameservers')" if (
+                    rtype == "NS") else ""
+                p.add(m, rtype, _join(path, rtype),
+                      f"unsupported type (use {', '.join(sorted(_STATIC_TYPES))}){hint}")
+                continue
+            items = _list(p, m, rtype, m[rtype], _join(path, rtype))
+            if rtype == "CNAME" and len(items) != 1:
+                p.add(m, rtype, _join(path, rtype), "a name has exactly one CNAME")
+                continue
+            for item in items:
+                data = _record_data(p, m, rtype, item, apex, _join(path, rtype))
+                if data is not None:
+                    records.append(Record(name, RType[rtype], ttl, data))
+    return records
+
+
+def _parse_nameservers(
+    p: _Problems, doc: Any, apex: str, ttl: int
+) -> tuple[list[Record], list[str]]:
+    """Apex NS records and the glue addresses of in-zone nameservers."""
+    raw = doc.get("nameservers")
+    records: list[Record] = []
+    names: list[str] = []
+    if not isinstance(raw, dict) or not raw:
+        p.add(doc, "nameservers", "nameservers",
+              "required: a mapping of nameserver name -> glue addresses")
+        return records, names
+    for ns, addresses in raw.items():
+        path = _join("nameservers", ns)
+        name = absolute_name(str(ns), apex)
+        problem = check_name(name)
+        if problem:
+            p.add(raw, ns, path, problem)
+            continue
+        names.append(name)
+        records.append(Record(apex, RType.NS, ttl, NameData(name)))
+        glue = _list(p, raw, ns, addresses, path)
+        if in_zone(name, apex) and not glue:
+            p.add(raw, ns, path, "an in-zone nameserver needs glue addresses")
+        if glue and not in_zone(name, apex):
+            p.add(raw, ns, path, "glue is only for nameservers inside the zone")
+            continue
+        for item in glue:
+            try:
+                address = parse_address(item)
+            except ValueError as exc:
+                p.add(raw, ns, path, str(exc))
+                continue
+            rtype = RType.A if isinstance(address, IPv4Address) else RType.AAAA
+            records.append(Record(name, rtype, ttl, AddressData(address)))
+    return records, names
+
+
+def _parse_soa(p: _Problems, doc: Any, apex: str, nameservers: list[str]) -> SOASettings:
+    m = _mapping(p, doc, "soa", doc.get("soa"), "soa")
+    _unknown_keys(p, m, ("primary", "contact", "ttl", "refresh", "retry", "expire", "minimum"),
+                  "soa")
+    default = SOASettings(mname="", rname="")
+    primary = _str(p, m, "primary", "soa")
+    mname = absolute_name(primary, apex) if primary else (nameservers[0] if nameservers else apex)
+    contact = _str(p, m, "contact", "soa") or f"hostmaster.{apex}"
+    if "@" in contact:  # hostmaster@example.com -> hostmaster.example.com.
+        local, _, domain = contact.partition("@")
+        contact = f"{local.replace('.', chr(92) + '.')}.{domain.rstrip('.')}."
+    rname = contact if contact.endswith(".") else absolute_name(contact, apex)
+    return SOASettings(
+        mname=mname,
+        rname=rname.lower(),
+        ttl=_int(p, m, "ttl", "soa", default.ttl, 0, MAX_TTL),
+        refresh=_int(p, m, "refresh", "soa", default.refresh, 1, MAX_TTL),
+        retry=_int(p, m, "retry", "soa", default.retry, 1, MAX_TTL),
+        expire=_int(p, m, "expire", "soa", default.expire, 1, MAX_TTL),
+        minimum=_int(p, m, "minimum", "soa", default.minimum, 0, 86400),
+    )
+
+
+def _check_conflicts(p: _Problems, doc: Any, records: list[Record], services: list[Service]) -> None:
+    by_name: dict[str, set[RType]] = {}
+    for record in records:
+        by_name.setdefault(record.name, set()).add(record.rtype)
+    service_names = {s.name for s in services}
+    for name, types in by_name.items():
+        if RType.CNAME in types and len(types) > 1:
+            p.add(doc, "records", "records", f"{name} has a CNAME and other records")
+        if name in service_names and types & {RType.CNAME, RType.A, RType.AAAA}:
+            p.add(doc, "services", "services",
+                  f"{name} is a service and also has static A/AAAA/CNAME records")
+
+
+def parse_zone(doc: Any, source: str = "") -> Zone:
+    """A zone from a parsed zone-file document; ConfigError lists every problem."""
+    p = _Problems(source)
+    if not isinstance(doc, dict):
+        p.add(None, None, "zone file", "must be a mapping with 'zone', 'nameservers', ...")
+        p.raise_if_any()
+    _unknown_keys(p, doc, ZONE_FIELDS, "")
+    apex_text = _str(p, doc, "zone", "") or ""
+    if not apex_text:
+        p.add(doc, "zone", "zone", "required: the zone apex, e.g. gslb.example.com")
+        p.raise_if_any()
+    apex = apex_text.strip().lower().rstrip(".") + "."
+    problem = check_name(apex)
+    if problem:
+        p.add(doc, "zone", "zone", problem)
+    ttl = _int(p, doc, "ttl", "", 3600, 0, MAX_TTL)
+    ns_records, ns_names = _parse_nameservers(p, doc, apex, ttl)
+    soa = _parse_soa(p, doc, apex, ns_names)
+    records = ns_records + _parse_records(p, doc, apex, ttl)
+
+    services: list[Service] = []
+    raw = _mapping(p, doc, "services", doc.get("services"), "services")
+    for name, value in raw.items():
+        path = _join("services", name)
+        fqdn = absolute_name(str(name), apex)
+        problem = check_name(fqdn) or (None if in_zone(fqdn, apex) else f"{fqdn} is outside {apex}")
+        if problem:
+            p.add(raw, name, path, problem)
+            continue
+        services.append(_parse_service(p, raw, fqdn, value, path))
+    _check_conflicts(p, doc, records, services)
+    p.raise_if_any()
+    return Zone(apex=apex, soa=soa, records=tuple(records), services=tuple(services), source=source)
+
+
+def load_zone_text(text: str, source: str = "") -> Zone:
+    """A zone from zone-file text."""
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{source}{line}: invalid YAML: {reason}"]) from None
+    return parse_zone(doc, source)
+
+
+def load_zones(directory: Path) -> list[Zone]:
+    """Every ``*.yaml``/``*.yml`` zone file in ``directory``; ConfigError lists all problems."""
+    problems: list[str] = []
+    zones: list[Zone] = []
+    if not directory.is_dir():
+        raise ConfigError([f"{directory}: not a directory"])
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    if not files:
+        raise ConfigError([f"{directory}: no zone files (*.yaml)"])
+    apexes: dict[str, str] = {}
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+            zone = load_zone_text(text, str(path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: cannot read: {exc}")
+            continue
+        if zone.apex in apexes:
+            problems.append(f"{path}: zone {zone.apex} is already defined in {apexes[zone.apex]}")
+            continue
+        apexes[zone.apex] = str(path)
+        zones.append(zone)
+    if problems:
+        raise ConfigError(problems)
+    return zones
+

@@ -1,0 +1,139 @@
+"""The answer engine: (snapshot, qname, qtype, client) -> answer, with a trace of why.
+
+Pure: no I/O, no clock. Handles zone semantics (authority, NXDOMAIN vs NODATA,
+CNAME chains within the zone, additional addresses for NS and MX targets, RFC 8482
+ANY) and hands service names to the selection chain.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from gslb.engine.chain import Client, select
+from gslb.model import HINFOData, MXData, NameData, Record, RType, SOAData
+from gslb.snapshot import Snapshot, ZoneView
+
+MAX_CNAME_CHAIN = 8  # links followed before answering with what we have
+
+
+class Rcode(enum.IntEnum):
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    BADVERS = 16  # extended: needs OPT
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    rcode: Rcode
+    authoritative: bool
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+    additional: tuple[Record, ...] = ()
+    scope: int = 0  # ECS scope prefix length: how much of the client the answer used
+    trace: tuple[str, ...] = ()
+
+
+def answer(snapshot: Snapshot, qname: str, qtype: RType, client: Client) -> Answer:
+    """Answer a query for ``qname`` (absolute, lower-cased) of ``qtype``."""
+    zone = snapshot.find_zone(qname)
+    if zone is None:
+        return Answer(Rcode.REFUSED, False, trace=(f"{qname} is in no zone of ours",))
+    trace = [f"zone {zone.apex}"]
+    if qtype is RType.ANY:
+        return _any(zone, qname, trace)
+
+    records: list[Record] = []
+    scope = 0
+    name = qname
+    for _ in range(MAX_CNAME_CHAIN + 1):
+        service = zone.services.get(name)
+        if service is not None and qtype in (RType.A, RType.AAAA):
+            selection = select(service, qtype, client)
+            trace.append(f"service {name}")
+            trace.extend(selection.trace)
+            scope = max(scope, selection.scope)
+            if not selection.records:
+                return _negative(zone, Rcode.NOERROR, records, trace, scope)
+            records.extend(selection.records)
+            return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+
+        rrset = zone.rrsets.get((name, qtype))
+        if rrset:
+            records.extend(rrset)
+            trace.append(f"{len(rrset)} {qtype.name} record(s) at {name}")
+            return Answer(
+                Rcode.NOERROR,
+                True,
+                tuple(records),
+                additional=_additional(zone, rrset),
+                scope=scope,
+                trace=tuple(trace),
+            )
+
+        cname = zone.rrsets.get((name, RType.CNAME))
+        if cname is None:
+            exists = name in zone.names
+            trace.append(f"{name} {'has no ' + qtype.name if exists else 'does not exist'}")
+            rcode = Rcode.NOERROR if exists else Rcode.NXDOMAIN
+            return _negative(zone, rcode, records, trace, scope)
+
+        records.extend(cname)
+        assert isinstance(cname[0].data, NameData)
+        target = cname[0].data.target
+        trace.append(f"{name} is an alias of {target}")
+        if snapshot.find_zone(target) is not zone:
+            return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+        name = target
+
+    trace.append(f"CNAME chain longer than {MAX_CNAME_CHAIN}")
+    return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+
+
+def negative_soa(zone: ZoneView) -> Record:
+    """The SOA for the authority section of negative answers (RFC 2308 section 3)."""
+    soa = zone.soa
+    assert isinstance(soa.data, SOAData)
+    return Record(soa.name, soa.rtype, min(soa.ttl, soa.data.minimum), soa.data)
+
+
+def _negative(
+    zone: ZoneView, rcode: Rcode, records: list[Record], trace: list[str], scope: int
+) -> Answer:
+    return Answer(
+        rcode,
+        True,
+        tuple(records),
+        authority=(negative_soa(zone),),
+        scope=scope,
+        trace=tuple(trace),
+    )
+
+
+def _any(zone: ZoneView, qname: str, trace: list[str]) -> Answer:
+    """RFC 8482: one synthesised HINFO instead of every RRset at the name."""
+    if qname not in zone.names:
+        trace.append(f"{qname} does not exist")
+        return _negative(zone, Rcode.NXDOMAIN, [], trace, 0)
+    trace.append("ANY: minimal answer (RFC 8482)")
+    hinfo = Record(qname, RType.HINFO, zone.soa.ttl, HINFOData("RFC8482", ""))
+    return Answer(Rcode.NOERROR, True, (hinfo,), trace=tuple(trace))
+
+
+def _additional(zone: ZoneView, rrset: tuple[Record, ...]) -> tuple[Record, ...]:
+    """Addresses of in-zone NS and MX targets (glue), so resolvers need no second query."""
+    extra: list[Record] = []
+    for record in rrset:
+        if isinstance(record.data, MXData):
+            target = record.data.exchange
+        elif record.rtype is RType.NS and isinstance(record.data, NameData):
+            target = record.data.target
+        else:
+            continue
+        for rtype in (RType.A, RType.AAAA):
+            extra.extend(zone.rrsets.get((target, rtype), ()))
+    return tuple(extra)

@@ -1,0 +1,74 @@
+"""Consistent hash ring with weighted virtual nodes (mmh3).
+
+The same client subnet keeps landing on the same member while the member set is
+unchanged, and adding or removing a member moves only that member's share.
+Hashes are mmh3 with a fixed seed, never Python's ``hash()``, so every instance of
+the GSLB builds the same ring and gives every client the same answer.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import mmh3
+
+VNODES_PER_MEMBER = 160  # average points per member; more points, smoother shares
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    points: tuple[int, ...]  # sorted hash points
+    owners: tuple[int, ...]  # owners[i]: index of the member that owns points[i]
+    size: int  # number of members
+
+    def pick(self, key: int, count: int) -> list[int]:
+        """Up to ``count`` distinct member indices, walking clockwise from ``key``."""
+        if self.size == 0:
+            return []
+        count = min(count, self.size)
+        picked: list[int] = []
+        points = len(self.points)
+        i = bisect.bisect_right(self.points, key)
+        for step in range(points):
+            owner = self.owners[(i + step) % points]
+            if owner not in picked:
+                picked.append(owner)
+                if len(picked) == count:
+                    break
+        return picked
+
+
+@lru_cache(maxsize=4096)
+def make_ring(members: tuple[tuple[str, float], ...]) -> Ring:
+    """A ring for ``members``: (stable id, weight > 0) pairs, in any order.
+
+    Each member gets virtual nodes in proportion to its weight. Cached, since a
+    service's healthy set changes far less often than it is queried.
+    """
+    total = sum(weight for _, weight in members)
+    if not members or total <= 0:
+        return Ring((), (), 0)
+    budget = VNODES_PER_MEMBER * len(members)
+    pairs: list[tuple[int, int]] = []
+    for index, (member_id, weight) in enumerate(members):
+        vnodes = max(1, round(budget * weight / total))
+        for v in range(vnodes):
+            pairs.append((mmh3.hash(f"{member_id}#{v}", signed=False), index))
+    pairs.sort()
+    return Ring(tuple(p for p, _ in pairs), tuple(o for _, o in pairs), len(members))
+
+
+def hash_key(data: bytes) -> int:
+    """The ring position of a client key (its subnet, packed)."""
+    return mmh3.hash(data, signed=False)
+
+
+def spread(ring: Ring, keys: Sequence[int]) -> list[int]:
+    """How many of ``keys`` land first on each member (for tests and explain output)."""
+    counts = [0] * ring.size
+    for key in keys:
+        counts[ring.pick(key, 1)[0]] += 1
+    return counts

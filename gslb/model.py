@@ -1,0 +1,240 @@
+"""Plain values the GSLB is made of: zones, records, services, pools, endpoints, health.
+
+Everything here is frozen. Names are absolute, lower-cased and end with a dot
+("www.gslb.example.com."); addresses are ``ipaddress`` objects, parsed at the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+
+IPAddress = IPv4Address | IPv6Address
+
+
+class RType(enum.IntEnum):
+    """DNS record types the zone files may hold (and ANY, which queries may ask for)."""
+
+    A = 1
+    NS = 2
+    CNAME = 5
+    SOA = 6
+    HINFO = 13
+    MX = 15
+    TXT = 16
+    AAAA = 28
+    ANY = 255
+
+
+# --- record data --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AddressData:
+    """A or AAAA data."""
+
+    address: IPAddress
+
+
+@dataclass(frozen=True, slots=True)
+class NameData:
+    """NS or CNAME data: a target name."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class MXData:
+    preference: int
+    exchange: str
+
+
+@dataclass(frozen=True, slots=True)
+class TXTData:
+    strings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HINFOData:
+    cpu: str
+    os: str
+
+
+@dataclass(frozen=True, slots=True)
+class SOAData:
+    mname: str
+    rname: str
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+
+
+RData = AddressData | NameData | MXData | TXTData | HINFOData | SOAData
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One resource record. ``name`` is absolute and lower-cased."""
+
+    name: str
+    rtype: RType
+    ttl: int
+    data: RData
+
+
+# --- services -------------------------------------------------------------------------
+
+
+class CheckKind(enum.Enum):
+    """How the prober decides that an endpoint is alive."""
+
+    HTTP = "http"  # GET <path>, status within the expected range
+    TCP = "tcp"  # a TCP connect succeeds
+    NONE = "none"  # never probed, always up (static pools)
+
+
+class Policy(enum.Enum):
+    """How endpoints are picked within the chosen pools."""
+
+    STICKY = "sticky"  # weighted consistent hashing of the client subnet
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    kind: CheckKind = CheckKind.HTTP
+    path: str = "/health"
+    port: int | None = None  # None: the endpoint's own port
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 2
+    expect_min: int = 200
+    expect_max: int = 399
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An address that can serve a pool. Identified by (address, port) within its pool."""
+
+    address: IPAddress
+    port: int | None = None
+    weight: int = 100
+    registered: bool = False  # came from POST /register (persisted), not from a zone file
+    heartbeat_timeout: float | None = None  # set: down when heartbeats stop for this long
+
+    @property
+    def key(self) -> tuple[IPAddress, int | None]:
+        return (self.address, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    latitude: float
+    longitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A region: endpoints that share a location, geo rules and a priority tier."""
+
+    name: str
+    priority: int = 1  # lower is preferred; the next tier is used when this one is down
+    weight: int = 100
+    countries: frozenset[str] = frozenset()
+    continents: frozenset[str] = frozenset()
+    location: Location | None = None
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A name whose A/AAAA answers are computed from the health of its pools."""
+
+    name: str
+    ttl: int = 30
+    answers: int = 2
+    policy: Policy = Policy.STICKY
+    check: HealthCheck = field(default_factory=HealthCheck)
+    pools: tuple[Pool, ...] = ()
+
+    def pool(self, name: str) -> Pool | None:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SOASettings:
+    """The SOA fields an operator writes; the serial is managed by the registry."""
+
+    mname: str
+    rname: str
+    ttl: int = 3600
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 1209600
+    minimum: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """A delegated zone as configured: apex, SOA, static records and services."""
+
+    apex: str
+    soa: SOASettings
+    records: tuple[Record, ...] = ()  # includes the apex NS records and glue
+    services: tuple[Service, ...] = ()
+    source: str = ""  # the file it came from, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRef:
+    """Names one endpoint across the whole registry."""
+
+    service: str
+    pool: str
+    address: IPAddress
+    port: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.address}" if self.port is None else f"{self.address}:{self.port}"
+        return f"{self.service} {self.pool} {where}"
+
+
+# --- health ---------------------------------------------------------------------------
+
+
+class AdminState(enum.Enum):
+    ENABLED = "enabled"
+    DRAIN = "drain"  # no new answers, stays registered
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What is known of an endpoint's liveness at one moment.
+
+    ``probe_up`` comes from the prober (True before the first check: see README),
+    ``heartbeat_up`` from heartbeats (None when the endpoint sends none).
+    """
+
+    probe_up: bool = True
+    heartbeat_up: bool | None = None
+    draining: bool = False  # the endpoint said "draining" in a heartbeat
+    admin: AdminState = AdminState.ENABLED
+    load: float | None = None
+    last_check: str = "not checked yet"
+    since: float = 0.0  # clock time of the last up/down change
+
+    @property
+    def up(self) -> bool:
+        return self.probe_up and self.heartbeat_up is not False
+
+    @property
+    def serving(self) -> bool:
+        """Eligible for new answers: up and neither draining nor disabled."""
+        return self.up and not self.draining and self.admin is AdminState.ENABLED

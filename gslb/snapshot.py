@@ -1,0 +1,94 @@
+"""Immutable views of the registry that the answer engine reads.
+
+A snapshot is built by the registry after every change and swapped in whole, so the
+query path reads one consistent state without locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gslb.model import Endpoint, Health, Pool, Record, RType, Service, SOAData, Zone
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    pool: Pool
+    endpoint: Endpoint
+    health: Health
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """A service with the health of each of its endpoints at snapshot time."""
+
+    service: Service
+    endpoints: tuple[EndpointView, ...]
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneView:
+    zone: Zone
+    soa: Record  # with the current serial
+    rrsets: Mapping[tuple[str, RType], tuple[Record, ...]]
+    names: frozenset[str]  # every name that exists: owners, services, empty non-terminals
+    services: Mapping[str, ServiceView]
+
+    @property
+    def apex(self) -> str:
+        return self.zone.apex
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    generation: int = 0
+    zones: Mapping[str, ZoneView] = field(default_factory=dict)
+
+    def find_zone(self, qname: str) -> ZoneView | None:
+        """The zone that holds ``qname`` (lower-cased, absolute), by longest suffix."""
+        name = qname
+        while True:
+            zone = self.zones.get(name)
+            if zone is not None:
+                return zone
+            dot = name.find(".")
+            if dot < 0 or dot == len(name) - 1:
+                return self.zones.get(".")
+            name = name[dot + 1 :]
+
+    def service(self, name: str) -> ServiceView | None:
+        zone = self.find_zone(name)
+        return zone.services.get(name) if zone else None
+
+
+def make_zone_view(zone: Zone, serial: int, services: Mapping[str, ServiceView]) -> ZoneView:
+    """Index a zone's records and names for lookups."""
+    s = zone.soa
+    soa = Record(
+        zone.apex,
+        RType.SOA,
+        s.ttl,
+        SOAData(s.mname, s.rname, serial, s.refresh, s.retry, s.expire, s.minimum),
+    )
+    rrsets: dict[tuple[str, RType], list[Record]] = {(zone.apex, RType.SOA): [soa]}
+    for record in zone.records:
+        rrsets.setdefault((record.name, record.rtype), []).append(record)
+    owners = {name for name, _ in rrsets} | set(services)
+    names = set(owners)
+    for owner in owners:  # empty non-terminals exist too (RFC 8020)
+        name = owner
+        while name != zone.apex and "." in name[:-1]:
+            name = name[name.index(".") + 1 :]
+            names.add(name)
+    return ZoneView(
+        zone=zone,
+        soa=soa,
+        rrsets={key: tuple(value) for key, value in rrsets.items()},
+        names=frozenset(names),
+        services=dict(services),
+    )

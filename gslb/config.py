@@ -435,8 +435,9 @@ def _record_data(
 
 
 def _parse_records(
-    p: _Problems, doc: Any, apex: str, default_ttl: int
+    p: _Problems, doc: Any, apex: str, default_ttl: int, where: dict[str, tuple[Any, Any]]
 ) -> list[Record]:
+    """Static records; ``where`` learns each owner's place in the file for later messages."""
     records: list[Record] = []
     raw = _mapping(p, doc, "records", doc.get("records"), "records")
     for owner, value in raw.items():
@@ -449,6 +450,7 @@ def _parse_records(
         if problem:
             p.add(raw, owner, path, problem)
             continue
+        where[name] = (raw, owner)
         m = _mapping(p, raw, owner, value, path)
         ttl = _int(p, m, "ttl", path, default_ttl, 0, MAX_TTL)
         for rtype in m:
@@ -531,16 +533,20 @@ def _parse_soa(p: _Problems, doc: Any, apex: str, nameservers: list[str]) -> SOA
     )
 
 
-def _check_conflicts(p: _Problems, doc: Any, records: list[Record], services: list[Service]) -> None:
+def _check_conflicts(
+    p: _Problems, records: list[Record], services: dict[str, tuple[Any, Any]],
+    where: dict[str, tuple[Any, Any]],
+) -> None:
     by_name: dict[str, set[RType]] = {}
     for record in records:
         by_name.setdefault(record.name, set()).add(record.rtype)
-    service_names = {s.name for s in services}
     for name, types in by_name.items():
+        container, key = where.get(name, (None, None))
         if RType.CNAME in types and len(types) > 1:
-            p.add(doc, "records", "records", f"{name} has a CNAME and other records")
-        if name in service_names and types & {RType.CNAME, RType.A, RType.AAAA}:
-            p.add(doc, "services", "services",
+            p.add(container, key, _join("records", key), f"{name} has a CNAME and other records")
+        if name in services and types & {RType.CNAME, RType.A, RType.AAAA}:
+            container, key = services[name]
+            p.add(container, key, _join("services", key),
                   f"{name} is a service and also has static A/AAAA/CNAME records")
 
 
@@ -562,9 +568,11 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
     ttl = _int(p, doc, "ttl", "", 3600, 0, MAX_TTL)
     ns_records, ns_names = _parse_nameservers(p, doc, apex, ttl)
     soa = _parse_soa(p, doc, apex, ns_names)
-    records = ns_records + _parse_records(p, doc, apex, ttl)
+    where: dict[str, tuple[Any, Any]] = {}
+    records = ns_records + _parse_records(p, doc, apex, ttl, where)
 
     services: list[Service] = []
+    service_where: dict[str, tuple[Any, Any]] = {}
     raw = _mapping(p, doc, "services", doc.get("services"), "services")
     for name, value in raw.items():
         path = _join("services", name)
@@ -574,7 +582,8 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
             p.add(raw, name, path, problem)
             continue
         services.append(_parse_service(p, raw, fqdn, value, path))
-    _check_conflicts(p, doc, records, services)
+        service_where[fqdn] = (raw, name)
+    _check_conflicts(p, records, service_where, where)
     p.raise_if_any()
     return Zone(apex=apex, soa=soa, records=tuple(records), services=tuple(services), source=source)
 

@@ -1,0 +1,152 @@
+"""Zone files: the bundled example loads; each kind of mistake is reported at its line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from gslb.config import load_zone_text, load_zones
+from gslb.errors import ConfigError
+from gslb.model import AddressData, CheckKind, MXData, NameData, RType, TXTData
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = """\
+zone: gslb.example.com
+nameservers:
+  ns1: [127.0.0.1]
+"""
+
+
+def test_example_zone_loads_with_every_feature() -> None:
+    (zone,) = load_zones(ROOT / "zones")
+    assert zone.apex == "gslb.example.com."
+    by_type = {(r.name, r.rtype) for r in zone.records}
+    assert ("gslb.example.com.", RType.NS) in by_type
+    assert ("ns1.gslb.example.com.", RType.A) in by_type  # glue
+    assert ("ns2.gslb.example.com.", RType.A) in by_type
+    assert {RType.TXT, RType.MX, RType.CNAME, RType.AAAA} <= {r.rtype for r in zone.records}
+    (www,) = zone.services
+    assert www.name == "www.gslb.example.com."
+    assert www.ttl <= 30
+    assert [(p.name, p.priority) for p in www.pools] == [("eu-west", 1), ("us-east", 2)]
+    assert all(p.location is not None and (p.countries or p.continents) for p in www.pools)
+
+
+def test_names_are_relative_unless_absolute() -> None:
+    zone = load_zone_text(BASE + textwrap.dedent("""\
+        records:
+          "@": {MX: "10 mail", TXT: hello}
+          Alias: {CNAME: other.example.net.}
+          mail: {A: 192.0.2.1}
+          long: {TXT: "%s"}
+        """) % ("x" * 300))
+    records = {(r.name, r.rtype): r for r in zone.records}
+    assert records[("gslb.example.com.", RType.MX)].data == MXData(10, "mail.gslb.example.com.")
+    assert records[("alias.gslb.example.com.", RType.CNAME)].data == NameData("other.example.net.")
+    assert records[("mail.gslb.example.com.", RType.A)].data == AddressData(ip_address("192.0.2.1"))
+    long = records[("long.gslb.example.com.", RType.TXT)].data
+    assert isinstance(long, TXTData) and [len(s) for s in long.strings] == [255, 45]
+
+
+def test_service_defaults_and_check() -> None:
+    zone = load_zone_text(BASE + textwrap.dedent("""\
+        services:
+          api:
+            check: {type: tcp, port: 443, interval: 5, timeout: 2, rise: 3, fall: 1}
+            pools:
+              a: {endpoints: [192.0.2.1, {address: "2001:db8::1", port: 443, weight: 5}]}
+        """))
+    (api,) = zone.services
+    assert api.ttl == 30 and api.answers == 2
+    assert api.check.kind is CheckKind.TCP and api.check.port == 443 and api.check.fall == 1
+    assert [(str(e.address), e.port, e.weight) for e in api.pools[0].endpoints] == [
+        ("192.0.2.1", None, 100),
+        ("2001:db8::1", 443, 5),
+    ]
+
+
+BAD = [
+    ("zone: [1, 2]\n", 1, "zone: must be a non-empty string"),
+    ("nameservers: {ns1: [127.0.0.1]}\n", 0, "zone: required"),
+    ("zone: example.com\n", 0, "nameservers: required"),
+    (BASE + "nameservers_typo: 1\n", 4, "unknown field"),
+    ("zone: example.com\nnameservers:\n  ns1: []\n", 3, "needs glue"),
+    ("zone: example.com\nnameservers:\n  ns1: [not-an-ip]\n", 3, "is not an IP address"),
+    (BASE + "records:\n  www: {A: 2001:db8::1}\n", 5, "is not an IPv4 address"),
+    (BASE + "records:\n  www: {A: 300.1.1.1}\n", 5, "is not an IP address"),
+    (BASE + "records:\n  www: {SRV: x}\n", 5, "unsupported type"),
+    (BASE + "records:\n  sub: {NS: ns.other.net.}\n", 5, "delegations are not supported"),
+    (BASE + "records:\n  www.other.net.: {A: 192.0.2.1}\n", 5, "outside"),
+    (BASE + "records:\n  bad..name: {A: 192.0.2.1}\n", 5, "invalid label"),
+    (BASE + "records:\n  www: {CNAME: [a, b]}\n", 5, "exactly one CNAME"),
+    (BASE + "records:\n  www: {CNAME: a, A: 192.0.2.1}\n", 5, "has a CNAME and other records"),
+    (BASE + "records:\n  www: {ttl: -5, A: 192.0.2.1}\n", 5, "ttl: must be an integer"),
+    (BASE + "services:\n  www: {ttl: fast}\n", 5, "services.www.ttl: must be an integer"),
+    (BASE + "services:\n  www: {policy: random}\n", 5, "policy: must be one of"),
+    (BASE + "services:\n  www:\n    check: {type: ping}\n", 6, "check.type: must be one of"),
+    (BASE + "services:\n  www:\n    check: {interval: 1, timeout: 5}\n", 6, "must not exceed"),
+    (BASE + "services:\n  www:\n    check: {expect: 200-100}\n", 6, "within 100-599"),
+    (BASE + "services:\n  www:\n    pools:\n      eu:\n        priority: first\n", 8,
+     "pools.eu.priority: must be an integer"),
+    (BASE + "services:\n  www:\n    pools:\n      eu:\n        countries: [Germany]\n", 8,
+     "not a valid code"),
+    (BASE + "services:\n  www:\n    pools:\n      eu:\n        location: {lat: 100, lon: 0}\n",
+     8, "lat: must be a number from -90"),
+    (BASE + "services:\n  www:\n    pools:\n      eu:\n        endpoints: [{address: x}]\n", 8,
+     "endpoints[0].address"),
+    (BASE + "services:\n  www:\n    pools:\n      eu:\n        endpoints: [192.0.2.1, 192.0.2.1]\n",
+     8, "duplicate endpoint"),
+    (BASE + "records:\n  www: {A: 192.0.2.1}\nservices:\n  www: {}\n", 7, "also has static"),
+    ("zone: x\n  bad: indent\n", 2, "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BAD)
+def test_bad_zone_files_are_reported_at_their_line(text: str, line: int, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_zone_text(text, "z.yaml")
+    problems = info.value.problems
+    assert any(message in p for p in problems), problems
+    prefix = f"z.yaml:{line}:" if line else "z.yaml:"
+    assert any(p.startswith(prefix) and message in p for p in problems), problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = BASE + "records:\n  a: {A: bad}\n  b: {AAAA: bad}\nservices:\n  www: {ttl: x}\n"
+    with pytest.raises(ConfigError) as info:
+        load_zone_text(text, "z.yaml")
+    assert len(info.value.problems) == 3
+
+
+def test_yaml_tags_cannot_run_code() -> None:
+    with pytest.raises(ConfigError):
+        load_zone_text("zone: !!python/object/apply:os.system ['true']\n", "z.yaml")
+
+
+def test_duplicate_zone_across_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(BASE)
+    (tmp_path / "b.yaml").write_text(BASE)
+    with pytest.raises(ConfigError, match="already defined"):
+        load_zones(tmp_path)
+
+
+def _gslb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gslb", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    ok = _gslb("check", "--zones", str(ROOT / "zones"))
+    assert ok.returncode == 0, ok.stderr
+    assert "1 zone(s)" in ok.stdout
+    (tmp_path / "bad.yaml").write_text(BASE + "records:\n  www: {A: 999.1.1.1}\n")
+    bad = _gslb("check", "--zones", str(tmp_path))
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == f"{tmp_path / 'bad.yaml'}:5: records.www.A: '999.1.1.1' is not an IP address"

@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make serve   installs what is missing and runs the GSLB on zones/example.yaml
+#   make test    installs what is missing (Python packages, dig) and runs the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: serve test lint system-test-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.run-deps
+
+serve: $(VENV)/.run-deps
+	$(BIN)/gslb serve $(ARGS)
+
+system-test-deps:
+	@command -v dig >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bind9-dnsutils; }
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check gslb tests examples
+	$(BIN)/mypy gslb
+
+test: $(VENV)/.test-deps system-test-deps lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

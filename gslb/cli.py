@@ -94,6 +94,10 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.token is not None and not args.token.strip():
+        print("gslb: --token (GSLB_TOKEN) is empty; give a token or leave it unset",
+              file=sys.stderr)
+        return 2
     settings = Settings(
         zones=args.zones, dns=args.dns, api=args.api, state=args.state, token=args.token
     )

@@ -122,8 +122,9 @@ class Registry:
             if self._store is not None:
                 self._store.delete_registration(ref)
             del registered[(address, port)]
-            for table in (self._health, self._last_heartbeat, self._checks):
-                table.pop(ref, None)  # type: ignore[attr-defined]
+            self._health.pop(ref, None)
+            self._last_heartbeat.pop(ref, None)
+            self._checks.pop(ref, None)
             self._bump_serial(self._zone_of(svc.name))
             self._publish()
             log.info("deregistered endpoint %s", ref)

@@ -1,0 +1,180 @@
+"""JSON shapes of the HTTP API, rendered from an immutable snapshot.
+
+Names are shown without their trailing dot ("www.gslb.example.com"). Times are unix
+seconds; ``null`` means "never" or "not known". The shapes::
+
+    service  {"name", "zone", "ttl", "answers", "policy", "check", "pools": [pool]}
+    check    {"type", "path", "port", "interval", "timeout", "rise", "fall", "expect"}
+    pool     {"name", "priority", "weight", "countries", "continents",
+              "location": {"lat", "lon"} | null, "endpoints": [endpoint]}
+    endpoint {"address", "port", "weight", "heartbeat_timeout",
+              "source": "zone file" | "registered", "health": health}
+    health   {"up", "state": "up" | "down" | "draining" | "disabled", "since",
+              "heartbeat": null | bool, "load", "last_check": null | check note}
+    note     {"result", "ok", "at", "rtt_ms"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gslb.model import AdminState, Endpoint, EndpointRef, Health, HealthCheck, Pool
+from gslb.registry import CheckNote
+from gslb.snapshot import EndpointView, ServiceView, Snapshot
+
+JSON = dict[str, Any]
+Notes = Callable[[EndpointRef], CheckNote | None]  # registry.check_note
+
+
+def display_name(name: str) -> str:
+    """An absolute name as users write it: without the trailing dot (the root stays ".")."""
+    return name.rstrip(".") or "."
+
+
+def health_state(health: Health) -> str:
+    """One word for an endpoint's state; an operator's override wins over observations."""
+    if health.admin is AdminState.DISABLED:
+        return "disabled"
+    if not health.up:
+        return "down"
+    if health.draining or health.admin is AdminState.DRAIN:
+        return "draining"
+    return "up"
+
+
+def note_json(note: CheckNote | None) -> JSON | None:
+    if note is None:
+        return None
+    rtt_ms = None if note.rtt is None else round(note.rtt * 1000, 3)
+    return {"result": note.result, "ok": note.ok, "at": note.at, "rtt_ms": rtt_ms}
+
+
+def health_json(health: Health, note: CheckNote | None) -> JSON:
+    return {
+        "up": health.up,
+        "state": health_state(health),
+        "since": health.since or None,  # 0.0: no change seen since start
+        "heartbeat": health.heartbeat_up,
+        "load": health.load,
+        "last_check": note_json(note),
+    }
+
+
+def endpoint_json(endpoint: Endpoint) -> JSON:
+    return {
+        "address": str(endpoint.address),
+        "port": endpoint.port,
+        "weight": endpoint.weight,
+        "heartbeat_timeout": endpoint.heartbeat_timeout,
+        "source": "registered" if endpoint.registered else "zone file",
+    }
+
+
+def registration_json(service: str, pool: str, endpoint: Endpoint) -> JSON:
+    """An endpoint named across the registry: the answer to a write."""
+    return {"service": display_name(service), "pool": pool, **endpoint_json(endpoint)}
+
+
+def check_json(check: HealthCheck) -> JSON:
+    expect = (
+        str(check.expect_min)
+        if check.expect_min == check.expect_max
+        else f"{check.expect_min}-{check.expect_max}"
+    )
+    return {
+        "type": check.kind.value,
+        "path": check.path,
+        "port": check.port,
+        "interval": check.interval,
+        "timeout": check.timeout,
+        "rise": check.rise,
+        "fall": check.fall,
+        "expect": expect,
+    }
+
+
+def pool_json(pool: Pool, endpoints: list[JSON]) -> JSON:
+    location = pool.location
+    return {
+        "name": pool.name,
+        "priority": pool.priority,
+        "weight": pool.weight,
+        "countries": sorted(pool.countries),
+        "continents": sorted(pool.continents),
+        "location": None if location is None else {
+            "lat": location.latitude,
+            "lon": location.longitude,
+        },
+        "endpoints": endpoints,
+    }
+
+
+def endpoint_view_json(service: str, view: EndpointView, notes: Notes) -> JSON:
+    e = view.endpoint
+    note = notes(EndpointRef(service, view.pool.name, e.address, e.port))
+    return {**endpoint_json(e), "health": health_json(view.health, note)}
+
+
+def service_json(zone: str, view: ServiceView, notes: Notes) -> JSON:
+    service = view.service
+    by_pool: dict[str, list[JSON]] = {pool.name: [] for pool in service.pools}
+    for endpoint in view.endpoints:
+        by_pool.setdefault(endpoint.pool.name, []).append(
+            endpoint_view_json(service.name, endpoint, notes)
+        )
+    return {
+        "name": display_name(service.name),
+        "zone": display_name(zone),
+        "ttl": service.ttl,
+        "answers": service.answers,
+        "policy": service.policy.value,
+        "check": check_json(service.check),
+        "pools": [pool_json(pool, by_pool[pool.name]) for pool in service.pools],
+    }
+
+
+def services_json(snapshot: Snapshot, notes: Notes) -> list[JSON]:
+    """Every service of every zone, ordered by name."""
+    found = [
+        (name, apex, view)
+        for apex, zone in snapshot.zones.items()
+        for name, view in zone.services.items()
+    ]
+    return [service_json(apex, view, notes) for _, apex, view in sorted(found, key=_first)]
+
+
+def find_service_json(snapshot: Snapshot, name: str, notes: Notes) -> JSON | None:
+    """One service by its absolute lower-cased name, or None."""
+    zone = snapshot.find_zone(name)
+    view = zone.services.get(name) if zone else None
+    if zone is None or view is None:
+        return None
+    return service_json(zone.apex, view, notes)
+
+
+def find_endpoint_json(snapshot: Snapshot, ref: EndpointRef, notes: Notes) -> JSON | None:
+    """An endpoint with its health, named across the registry, or None."""
+    service = snapshot.service(ref.service)
+    if service is None:
+        return None
+    for view in service.endpoints:
+        if view.pool.name == ref.pool and view.endpoint.key == (ref.address, ref.port):
+            return {
+                "service": display_name(ref.service),
+                "pool": ref.pool,
+                **endpoint_view_json(ref.service, view, notes),
+            }
+    return None
+
+
+def healthz_json(snapshot: Snapshot) -> JSON:
+    return {
+        "status": "ok",
+        "generation": snapshot.generation,
+        "zones": sorted(display_name(apex) for apex in snapshot.zones),
+    }
+
+
+def _first(item: tuple[str, str, ServiceView]) -> str:
+    return item[0]

@@ -1,0 +1,623 @@
+"""The HTTP API, black-box: the real app on port 0, a real registry and SQLite store,
+and a real HTTP client. DNS effects are checked through the answer engine."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp import web
+
+from gslb.api.app import MAX_BODY, make_app
+from gslb.config import load_zone_text, load_zones
+from gslb.engine.answer import answer
+from gslb.engine.chain import Client
+from gslb.errors import StoreError
+from gslb.model import AddressData, EndpointRef, IPAddress, RType
+from gslb.registry import Registry
+from gslb.store.contract import Registration
+from gslb.store.sqlite import SqliteStore
+
+ZONES = Path(__file__).parent.parent / "zones"
+WWW = "www.gslb.example.com"
+TOKEN = "s3cret-token"
+T = TypeVar("T")
+_NO_BODY = object()
+
+
+# --- a real server in a thread, a real client ---------------------------------------
+
+
+class ServerThread:
+    """Runs an aiohttp app with AppRunner/TCPSite on 127.0.0.1:0 in its own event loop."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        self.port = self._run(self._start())
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self._run(self._runner.cleanup())
+        self._run(self._loop.shutdown_asyncgens())
+        self._run(self._loop.shutdown_default_executor())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> int:
+        self._runner = web.AppRunner(self._app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        for address in self._runner.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        raise AssertionError(f"no TCP address in {self._runner.addresses}")
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=20)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+@dataclass
+class Api:
+    url: str
+    registry: Registry
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = _NO_BODY,
+        *,
+        raw: bytes | None = None,
+        token: str | None = None,
+        authorization: str | None = None,
+    ) -> Reply:
+        data = raw if body is _NO_BODY else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        elif token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.url + path, data, headers, method=method)
+        try:
+            with _OPENER.open(request, timeout=10) as response:
+                return Reply(response.status, json.loads(response.read()), dict(response.headers))
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return Reply(exc.code, json.loads(exc.read()), dict(exc.headers))
+
+    def post(self, path: str, body: Any = _NO_BODY, **kwargs: Any) -> Reply:
+        return self.call("POST", path, body, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return self.call("GET", path, **kwargs)
+
+
+Serve = Callable[..., Api]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Starts the API over a registry; everything started is stopped after the test."""
+    servers: list[ServerThread] = []
+
+    def start(registry: Registry, token: str | None = None) -> Api:
+        server = ServerThread(make_app(registry, token))
+        server.start()
+        servers.append(server)
+        return Api(f"http://127.0.0.1:{server.port}", registry)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def stores() -> Iterator[list[SqliteStore]]:
+    opened: list[SqliteStore] = []
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def open_registry(
+    path: Path, stores: list[SqliteStore], store_type: type[SqliteStore] = SqliteStore
+) -> Registry:
+    store = store_type(path)
+    stores.append(store)
+    registry = Registry(store)
+    registry.load_zones(load_zones(ZONES))
+    return registry
+
+
+@pytest.fixture
+def api(serve: Serve, stores: list[SqliteStore], tmp_path: Path) -> Api:
+    return serve(open_registry(tmp_path / "state.sqlite", stores))
+
+
+def answered(registry: Registry, name: str = WWW + ".") -> set[IPAddress]:
+    """The addresses the DNS engine answers an A query with, right now."""
+    result = answer(registry.snapshot, name, RType.A, Client(ip_address("127.0.0.1")))
+    return {r.data.address for r in result.answer if isinstance(r.data, AddressData)}
+
+
+def endpoints(api: Api, pool: str = "eu-west") -> dict[str, dict[str, Any]]:
+    reply = api.get(f"/services/{WWW}")
+    assert reply.status == 200, reply.body
+    (found,) = [p for p in reply.body["pools"] if p["name"] == pool]
+    return {f"{e['address']}:{e['port']}": e for e in found["endpoints"]}
+
+
+def reg(address: str, **extra: Any) -> dict[str, Any]:
+    return {"service": WWW, "pool": "eu-west", "address": address, **extra}
+
+
+A = "192.0.2.10"
+B = "192.0.2.11"
+
+
+# --- registration -------------------------------------------------------------------
+
+
+def test_register_is_created_then_idempotent(api: Api) -> None:
+    first = api.post("/register", reg(A, port=8080, weight=50, heartbeat_timeout=10))
+    assert first.status == 201, first.body
+    assert first.body == {
+        "service": WWW,
+        "pool": "eu-west",
+        "address": A,
+        "port": 8080,
+        "weight": 50,
+        "heartbeat_timeout": 10.0,
+        "source": "registered",
+    }
+    again = api.post("/register", reg(A, port=8080, weight=50, heartbeat_timeout=10))
+    assert (again.status, again.body) == (200, first.body)
+    # any case, with or without the trailing dot: the same service
+    dotted = api.post("/register", {**reg(A, port=8080, weight=50, heartbeat_timeout=10),
+                                    "service": "WWW.Gslb.Example.COM."})
+    assert (dotted.status, dotted.body) == (200, first.body)
+
+    shown = endpoints(api)[f"{A}:8080"]
+    assert shown["source"] == "registered"
+    assert shown["weight"] == 50
+    assert shown["health"]["up"] is True
+    assert shown["health"]["state"] == "up"
+    assert ip_address(A) in answered(api.registry)
+
+
+def test_register_refresh_changes_weight_without_duplicating(api: Api) -> None:
+    assert api.post("/register", reg(A)).status == 201
+    refreshed = api.post("/register", reg(A, weight=7))
+    assert refreshed.status == 200
+    assert refreshed.body["weight"] == 7
+    assert list(endpoints(api)) == [f"{A}:None"]
+    assert endpoints(api)[f"{A}:None"]["weight"] == 7
+
+
+def test_same_address_on_another_port_is_another_endpoint(api: Api) -> None:
+    assert api.post("/register", reg(A, port=80)).status == 201
+    assert api.post("/register", reg(A, port=81)).status == 201
+    assert set(endpoints(api)) == {f"{A}:80", f"{A}:81"}
+
+
+def test_deregister_removes_from_answers(api: Api) -> None:
+    assert api.post("/register", reg(A)).status == 201
+    assert api.post("/register", reg(B)).status == 201
+    assert answered(api.registry) == {ip_address(A), ip_address(B)}
+
+    removed = api.post("/deregister", reg(A))
+    assert removed.status == 200, removed.body
+    assert removed.body["address"] == A
+    assert removed.body["source"] == "registered"
+    assert answered(api.registry) == {ip_address(B)}
+    assert list(endpoints(api)) == [f"{B}:None"]
+
+    again = api.post("/deregister", reg(A))
+    assert again.status == 404
+    assert "error" in again.body
+
+
+def test_heartbeat_draining_leaves_answers_but_stays_registered(api: Api) -> None:
+    assert api.post("/register", reg(A, heartbeat_timeout=30)).status == 201
+    assert api.post("/register", reg(B, heartbeat_timeout=30)).status == 201
+
+    beat = api.post("/heartbeat", reg(A, status="draining", load=0.5))
+    assert beat.status == 200, beat.body
+    assert beat.body["address"] == A
+    assert beat.body["pool"] == "eu-west"
+    health = beat.body["health"]
+    assert health["state"] == "draining"
+    assert health["up"] is True
+    assert health["heartbeat"] is True
+    assert health["load"] == 0.5
+    assert answered(api.registry) == {ip_address(B)}
+    assert endpoints(api)[f"{A}:None"]["health"]["state"] == "draining"
+
+    # the pool is optional in a heartbeat: the endpoint is found by address
+    alive = api.post("/heartbeat", {"service": WWW, "address": A, "status": "alive"})
+    assert alive.status == 200, alive.body
+    assert alive.body["health"]["state"] == "up"
+    assert answered(api.registry) == {ip_address(A), ip_address(B)}
+
+
+def test_heartbeat_of_unregistered_endpoint_is_404(api: Api) -> None:
+    reply = api.post("/heartbeat", reg(A, status="alive"))
+    assert reply.status == 404
+    assert "register" in reply.body["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/register", {"service": "nope.gslb.example.com", "pool": "eu-west", "address": A}),
+        ("/register", {"service": "www.elsewhere.org", "pool": "eu-west", "address": A}),
+        ("/register", reg(A, pool="mars")),
+        ("/deregister", reg(A, pool="mars")),
+        ("/deregister", {"service": "nope.gslb.example.com", "pool": "eu-west", "address": A}),
+        ("/heartbeat", {"service": "nope.gslb.example.com", "address": A, "status": "alive"}),
+        ("/heartbeat", reg(A, pool="mars", status="alive")),
+    ],
+)
+def test_unknown_service_or_pool_is_404(api: Api, path: str, body: dict[str, Any]) -> None:
+    reply = api.post(path, body)
+    assert reply.status == 404, reply.body
+    assert set(reply.body) == {"error"}
+    assert api.registry.snapshot.service(WWW + ".") is not None
+
+
+def test_unknown_service_read_is_404(api: Api) -> None:
+    reply = api.get("/services/nope.gslb.example.com")
+    assert reply.status == 404
+    assert reply.body == {"error": "no service nope.gslb.example.com"}
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+BAD_INPUTS: list[tuple[str, str, bytes | dict[str, Any] | list[Any], str]] = [
+    # (name, path, body, field named in the 400)
+    ("invalid JSON", "/register", b'{"service": ', "body"),
+    ("empty body", "/register", b"", "body"),
+    ("not UTF-8", "/register", b'{"service": "\xff"}', "body"),
+    ("NaN", "/heartbeat", b'{"service": "x", "address": "1.2.3.4", "load": NaN}', "body"),
+    ("deep nesting", "/register", b"[" * 30000 + b"]" * 30000, "body"),
+    ("array body", "/register", [reg(A)], "body"),
+    ("missing service", "/register", {"pool": "eu-west", "address": A}, "service"),
+    ("null service", "/register", {**reg(A), "service": None}, "service"),
+    ("service not a string", "/register", {**reg(A), "service": 5}, "service"),
+    ("bad service name", "/register", {**reg(A), "service": "www..example.com"}, "service"),
+    ("service is the root", "/register", {**reg(A), "service": "."}, "service"),
+    ("missing pool", "/register", {"service": WWW, "address": A}, "pool"),
+    ("empty pool", "/register", {**reg(A), "pool": " "}, "pool"),
+    ("missing address", "/register", {"service": WWW, "pool": "eu-west"}, "address"),
+    ("bad address", "/register", reg("192.0.2.300"), "address"),
+    ("address as a number", "/register", reg(3221225994), "address"),  # type: ignore[arg-type]
+    ("port 0", "/register", reg(A, port=0), "port"),
+    ("port too high", "/register", reg(A, port=65536), "port"),
+    ("port as a string", "/register", reg(A, port="80"), "port"),
+    ("port as a float", "/register", reg(A, port=80.5), "port"),
+    ("port as a boolean", "/register", reg(A, port=True), "port"),
+    ("negative weight", "/register", reg(A, weight=-1), "weight"),
+    ("weight too high", "/register", reg(A, weight=10001), "weight"),
+    ("zero heartbeat timeout", "/register", reg(A, heartbeat_timeout=0), "heartbeat_timeout"),
+    ("huge heartbeat timeout", "/register", reg(A, heartbeat_timeout=86401),
+     "heartbeat_timeout"),
+    ("infinite heartbeat timeout", "/register", b'{"service": "www.gslb.example.com", '
+     b'"pool": "eu-west", "address": "192.0.2.10", "heartbeat_timeout": 1e999}',
+     "heartbeat_timeout"),
+    ("unknown field", "/register", reg(A, wieght=5), "wieght"),
+    ("missing status", "/heartbeat", reg(A), "status"),
+    ("bad status", "/heartbeat", reg(A, status="up"), "status"),
+    ("load above 1", "/heartbeat", reg(A, status="alive", load=1.5), "load"),
+    ("load as a string", "/heartbeat", reg(A, status="alive", load="0.5"), "load"),
+    ("huge load", "/heartbeat", reg(A, status="alive", load=10**400), "load"),
+    ("unknown heartbeat field", "/heartbeat", reg(A, status="alive", weight=1), "weight"),
+    ("missing pool on deregister", "/deregister", {"service": WWW, "address": A}, "pool"),
+    ("bad address on deregister", "/deregister", reg("nope"), "address"),
+    ("unknown deregister field", "/deregister", reg(A, status="alive"), "status"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_is_400_naming_the_field(
+    api: Api, path: str, body: bytes | dict[str, Any], field: str
+) -> None:
+    before = api.registry.generation
+    reply = api.post(path, raw=body) if isinstance(body, bytes) else api.post(path, body)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == field
+    assert reply.body["error"]
+    assert api.registry.generation == before  # nothing changed
+    assert api.get("/healthz").status == 200  # and the server lives on
+
+
+def test_body_over_the_limit_is_413(api: Api) -> None:
+    padding = "x" * (MAX_BODY + 1024)
+    reply = api.post("/register", reg(A, padding=padding))
+    assert reply.status == 413
+    assert "error" in reply.body
+    assert api.registry.snapshot.service(WWW + ".") is not None
+    assert api.post("/register", reg(A)).status == 201
+
+
+def test_chunked_body_over_the_limit_is_413(api: Api) -> None:
+    """Without a Content-Length the limit holds while reading."""
+    chunks = [json.dumps(reg(A))[:-1].encode(), b', "padding": "', b"x" * (MAX_BODY + 1), b'"}']
+    connection = http.client.HTTPConnection(api.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("POST", "/register", iter(chunks), encode_chunked=True)
+        response = connection.getresponse()
+        assert response.status == 413
+        assert "error" in json.loads(response.read())
+    finally:
+        connection.close()
+    assert endpoints(api) == {}
+
+
+def test_deregistering_a_zone_file_endpoint_is_400(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    zone = load_zone_text(
+        "zone: static.example\n"
+        "soa: {primary: ns1, contact: hostmaster@static.example}\n"
+        "nameservers: {ns1: [127.0.0.1]}\n"
+        "services:\n"
+        "  www:\n"
+        "    check: {type: none}\n"
+        "    pools:\n"
+        "      main:\n"
+        "        endpoints: [198.51.100.1]\n"
+    )
+    store = SqliteStore(tmp_path / "state.sqlite")
+    stores.append(store)
+    registry = Registry(store)
+    registry.load_zones([zone])
+    api = serve(registry)
+
+    body = {"service": "www.static.example", "pool": "main", "address": "198.51.100.1"}
+    reply = api.post("/deregister", body)
+    assert reply.status == 400
+    assert reply.body["field"] == "address"
+    assert "zone file" in reply.body["error"]
+    shown = api.get("/services/www.static.example").body
+    assert shown["pools"][0]["endpoints"][0]["source"] == "zone file"
+
+
+# --- routes and methods -------------------------------------------------------------
+
+
+def test_unknown_route_is_404_json(api: Api) -> None:
+    reply = api.get("/nope")
+    assert reply.status == 404
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert "/nope" in reply.body["error"]
+    assert api.post("/nope", {}).status == 404
+
+
+def test_wrong_method_is_405_json(api: Api) -> None:
+    reply = api.get("/register")
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "POST"
+    assert "error" in reply.body
+    assert api.call("DELETE", "/services").status == 405
+
+
+def test_healthz(api: Api) -> None:
+    reply = api.get("/healthz")
+    assert reply.status == 200
+    assert reply.body == {
+        "status": "ok",
+        "generation": api.registry.generation,
+        "zones": ["gslb.example.com"],
+    }
+
+
+def test_services_listing_shape(api: Api) -> None:
+    assert api.post("/register", reg(A, port=8080)).status == 201
+    api.registry.note_check(EndpointRef(WWW + ".", "eu-west", ip_address(A), 8080), True,
+                            "HTTP 200", 0.0123)
+    reply = api.get("/services")
+    assert reply.status == 200
+    (service,) = reply.body
+    assert service == api.get(f"/services/{WWW}.").body  # the dot is optional
+    assert service["name"] == WWW
+    assert service["zone"] == "gslb.example.com"
+    assert service["ttl"] == 20
+    assert service["answers"] == 2
+    assert service["policy"] == "sticky"
+    assert service["check"] == {
+        "type": "http", "path": "/health", "port": None, "interval": 1.0, "timeout": 0.5,
+        "rise": 2, "fall": 2, "expect": "200-399",
+    }
+    eu, us = service["pools"]
+    assert eu["name"] == "eu-west"
+    assert (eu["priority"], eu["weight"]) == (1, 100)
+    assert eu["countries"] == ["DE", "FR", "GB", "IE", "NL"]
+    assert eu["continents"] == ["AF", "EU"]
+    assert eu["location"] == {"lat": 53.35, "lon": -6.26}
+    assert (us["name"], us["priority"], us["endpoints"]) == ("us-east", 2, [])
+    (endpoint,) = eu["endpoints"]
+    assert endpoint == {
+        "address": A,
+        "port": 8080,
+        "weight": 100,
+        "heartbeat_timeout": None,
+        "source": "registered",
+        "health": {
+            "up": True,
+            "state": "up",
+            "since": None,
+            "heartbeat": None,
+            "load": None,
+            "last_check": {
+                "result": "HTTP 200",
+                "ok": True,
+                "at": endpoint["health"]["last_check"]["at"],
+                "rtt_ms": 12.3,
+            },
+        },
+    }
+
+
+# --- authorization ------------------------------------------------------------------
+
+
+def test_token_guards_writes_not_reads(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    api = serve(open_registry(tmp_path / "state.sqlite", stores), token=TOKEN)
+
+    missing = api.post("/register", reg(A))
+    assert missing.status == 401
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "error" in missing.body
+    assert api.post("/register", reg(A), authorization=f"Basic {TOKEN}").status == 401
+    assert api.post("/register", reg(A), authorization="Bearer").status == 401
+
+    wrong = api.post("/register", reg(A), token="not-it")
+    assert wrong.status == 403
+    assert "error" in wrong.body
+    assert api.post("/register", reg(A), authorization="Bearer s3cret-tokën").status == 403
+    assert answered(api.registry) == set()  # nothing was registered
+
+    assert api.post("/register", reg(A), token=TOKEN).status == 201
+    assert api.post("/register", reg(A), authorization=f"bearer  {TOKEN}").status == 200
+    assert api.post("/heartbeat", reg(A, status="alive"), token=TOKEN).status == 200
+    assert api.post("/deregister", reg(A), token="nope").status == 403
+    assert api.post("/deregister", reg(A), token=TOKEN).status == 200
+
+    assert api.get("/services").status == 200  # reads need no token
+    assert api.get(f"/services/{WWW}").status == 200
+    assert api.get("/healthz").status == 200
+    assert api.post("/nope", {}).status == 404  # no such route, whatever the token
+
+
+def test_empty_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="token"):
+        make_app(Registry(), token=" ")
+
+
+# --- durability and failures --------------------------------------------------------
+
+
+def test_registrations_survive_a_restart(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.sqlite"
+    api = serve(open_registry(state, stores))
+    assert api.post("/register", reg(A, port=8080, weight=5, heartbeat_timeout=12)).status == 201
+    assert api.post("/register", reg(B)).status == 201
+    assert api.post("/deregister", reg(B)).status == 200
+
+    restarted = serve(open_registry(state, stores))
+    shown = endpoints(restarted)
+    assert list(shown) == [f"{A}:8080"]
+    assert shown[f"{A}:8080"]["weight"] == 5
+    assert shown[f"{A}:8080"]["heartbeat_timeout"] == 12.0
+    assert shown[f"{A}:8080"]["source"] == "registered"
+    assert answered(restarted.registry) == {ip_address(A)}
+
+
+class BrokenStore(SqliteStore):
+    """A store whose writes of registrations fail, as a full disk would."""
+
+    def save_registration(self, registration: Registration) -> None:
+        raise StoreError(f"cannot write state file {self.path}: disk full")
+
+
+def test_store_failure_is_503_and_nothing_is_acknowledged(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = serve(open_registry(tmp_path / "state.sqlite", stores, BrokenStore))
+    reply = api.post("/register", reg(A))
+    assert reply.status == 503
+    assert "nothing was changed" in reply.body["error"]
+    assert endpoints(api) == {}
+    assert answered(api.registry) == set()
+    assert [r.levelname for r in caplog.records if r.name == "gslb.api"] == ["ERROR"]
+
+
+class BuggyRegistry(Registry):
+    def heartbeat(self, *args: Any, **kwargs: Any) -> EndpointRef:
+        raise RuntimeError("a bug")
+
+
+def test_unexpected_error_is_500_generic_and_logged_once(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteStore(tmp_path / "state.sqlite")
+    stores.append(store)
+    registry = BuggyRegistry(store)
+    registry.load_zones(load_zones(ZONES))
+    api = serve(registry)
+
+    reply = api.post("/heartbeat", reg(A, status="alive"))
+    assert reply.status == 500
+    assert reply.body == {"error": "internal error; the server log has the details"}
+    logged = [r for r in caplog.records if r.name == "gslb.api"]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert api.get("/healthz").status == 200
+
+
+def test_concurrent_writes_keep_state_consistent(api: Api) -> None:
+    addresses = [f"192.0.2.{i}" for i in range(20, 40)]
+    errors: list[BaseException] = []
+
+    def worker(address: str) -> None:
+        try:
+            assert api.post("/register", reg(address)).status == 201
+            assert api.post("/heartbeat", reg(address, status="alive")).status == 200
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(a,)) for a in addresses]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert set(endpoints(api)) == {f"{a}:None" for a in addresses}
+
+
+def test_api_logger_is_quiet_on_client_errors(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gslb.api")
+    api.post("/register", raw=b"nope")
+    api.post("/register", reg(A, pool="mars"))
+    api.get("/nope")
+    assert [r for r in caplog.records if r.name == "gslb.api"] == []

@@ -35,7 +35,7 @@ class ServiceView:
 class ZoneView:
     zone: Zone
     soa: Record  # with the current serial
-    rrsets: Mapping[tuple[str, RType], tuple[Record, ...]]
+    rrsets: Mapping[tuple[str, int], tuple[Record, ...]]  # keyed by (name, type number)
     names: frozenset[str]  # every name that exists: owners, services, empty non-terminals
     services: Mapping[str, ServiceView]
 

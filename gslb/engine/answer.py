@@ -38,13 +38,16 @@ class Answer:
     trace: tuple[str, ...] = ()
 
 
-def answer(snapshot: Snapshot, qname: str, qtype: RType, client: Client) -> Answer:
-    """Answer a query for ``qname`` (absolute, lower-cased) of ``qtype``."""
+def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -> Answer:
+    """Answer a query for ``qname`` (absolute, lower-cased) of ``qtype``.
+
+    ``qtype`` may be any type number: types no zone holds get NODATA or NXDOMAIN.
+    """
     zone = snapshot.find_zone(qname)
     if zone is None:
         return Answer(Rcode.REFUSED, False, trace=(f"{qname} is in no zone of ours",))
     trace = [f"zone {zone.apex}"]
-    if qtype is RType.ANY:
+    if qtype == RType.ANY:
         return _any(zone, qname, trace)
 
     records: list[Record] = []
@@ -52,8 +55,8 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType, client: Client) -> Answ
     name = qname
     for _ in range(MAX_CNAME_CHAIN + 1):
         service = zone.services.get(name)
-        if service is not None and qtype in (RType.A, RType.AAAA):
-            selection = select(service, qtype, client)
+        if service is not None and (qtype == RType.A or qtype == RType.AAAA):
+            selection = select(service, RType(qtype), client)
             trace.append(f"service {name}")
             trace.extend(selection.trace)
             scope = max(scope, selection.scope)
@@ -65,7 +68,7 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType, client: Client) -> Answ
         rrset = zone.rrsets.get((name, qtype))
         if rrset:
             records.extend(rrset)
-            trace.append(f"{len(rrset)} {qtype.name} record(s) at {name}")
+            trace.append(f"{len(rrset)} {type_name(qtype)} record(s) at {name}")
             return Answer(
                 Rcode.NOERROR,
                 True,
@@ -78,7 +81,7 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType, client: Client) -> Answ
         cname = zone.rrsets.get((name, RType.CNAME))
         if cname is None:
             exists = name in zone.names
-            trace.append(f"{name} {'has no ' + qtype.name if exists else 'does not exist'}")
+            trace.append(f"{name} {'has no ' + type_name(qtype) if exists else 'does not exist'}")
             rcode = Rcode.NOERROR if exists else Rcode.NXDOMAIN
             return _negative(zone, rcode, records, trace, scope)
 
@@ -92,6 +95,10 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType, client: Client) -> Answ
 
     trace.append(f"CNAME chain longer than {MAX_CNAME_CHAIN}")
     return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+
+
+def type_name(qtype: RType | int) -> str:
+    return qtype.name if isinstance(qtype, RType) else f"TYPE{qtype}"
 
 
 def negative_soa(zone: ZoneView) -> Record:

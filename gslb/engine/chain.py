@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_network
 
 from gslb.engine.ring import hash_key, make_ring
-from gslb.model import AdminState, IPAddress, Record, RType, AddressData
+from gslb.model import AddressData, AdminState, IPAddress, Record, RType
 from gslb.snapshot import EndpointView, ServiceView
 
 HASH_PREFIX_V4 = 24  # the client subnet that hashing (stickiness) keys on
@@ -102,7 +102,7 @@ def member_weights(candidates: Sequence[EndpointView]) -> list[float]:
 def step_select(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     count = ctx.service.service.answers
     weights = member_weights(candidates)
-    members = [(c, w) for c, w in zip(candidates, weights) if w > 0]
+    members = [(c, w) for c, w in zip(candidates, weights, strict=False) if w > 0]
     if len(members) <= 1:
         ctx.trace.append(f"select: {len(members)} candidate(s), nothing to choose")
         return [c for c, _ in members]

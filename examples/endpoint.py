@@ -7,6 +7,7 @@ Standard library only, so it runs anywhere without installing anything.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -29,10 +30,8 @@ def main() -> None:
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
     server = ThreadingHTTPServer((host, port), Handler)
     print(f"endpoint listening on http://{host}:{port}/health", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

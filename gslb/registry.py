@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 
 from gslb.errors import NotFound, RequestError
 from gslb.model import (
-    AdminState,
     Endpoint,
     EndpointRef,
     Health,

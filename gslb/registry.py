@@ -82,6 +82,9 @@ class Registry:
             for service, pool in sorted(orphans):
                 log.warning("registrations for %s pool %s wait for that service to exist",
                             service, pool)
+            for table in (self._health, self._last_heartbeat, self._checks):
+                for ref in [ref for ref in table if self._endpoint(ref) is None]:
+                    del table[ref]  # an endpoint that comes back starts afresh
             self._publish()
 
     # --- registration -------------------------------------------------------------
@@ -178,7 +181,8 @@ class Registry:
     def note_check(self, ref: EndpointRef, ok: bool, result: str, rtt: float | None) -> None:
         """Keep a probe's latest result for the API; this changes no answer."""
         with self._lock:
-            self._checks[ref] = CheckNote(result, ok, self._clock(), rtt)
+            if self._endpoint(ref) is not None:  # not for one deregistered mid-check
+                self._checks[ref] = CheckNote(result, ok, self._clock(), rtt)
 
     def check_note(self, ref: EndpointRef) -> CheckNote | None:
         with self._lock:

@@ -80,7 +80,6 @@ class DnsServer:
                     raise
                 continue  # the UDP port's TCP twin is taken: try another port
             self._udp, self._tcp = udp, tcp
-            log.info("DNS listening on %s port %d (UDP and TCP)", host, bound)
             return bound
         raise AssertionError("unreachable")
 

@@ -23,6 +23,7 @@ import yaml
 from gslb.errors import ConfigError
 from gslb.model import (
     AddressData,
+    AllDown,
     CheckKind,
     Endpoint,
     HealthCheck,
@@ -153,6 +154,16 @@ def _str(p: _Problems, m: Any, key: str, path: str, default: str | None = None) 
     return value
 
 
+def _enum(p: _Problems, m: Any, key: str, path: str, kind: Any, default: Any) -> Any:
+    text = m.get(key, default.value) if isinstance(m, dict) else default.value
+    try:
+        return kind(text)
+    except ValueError:
+        p.add(m, key, _join(path, key),
+              f"must be one of {', '.join(x.value for x in kind)}, not {text!r}")
+        return default
+
+
 def _mapping(p: _Problems, parent: Any, key: Any, value: Any, path: str) -> dict[Any, Any]:
     if value is None:
         return _Map()
@@ -223,13 +234,7 @@ def _parse_check(p: _Problems, parent: Any, value: Any, path: str) -> HealthChec
         p, m, ("type", "path", "port", "interval", "timeout", "rise", "fall", "expect"), path
     )
     default = HealthCheck()
-    kind_text = m.get("type", default.kind.value)
-    try:
-        kind = CheckKind(kind_text)
-    except ValueError:
-        p.add(m, "type", _join(path, "type"),
-              f"must be one of {', '.join(k.value for k in CheckKind)}, not {kind_text!r}")
-        kind = default.kind
+    kind = _enum(p, m, "type", path, CheckKind, default.kind)
     check_path = _str(p, m, "path", path, default.path) or default.path
     if not check_path.startswith("/"):
         p.add(m, "path", _join(path, "path"), "must start with '/'")
@@ -269,7 +274,7 @@ def _parse_endpoint(p: _Problems, parent: Any, index: int, value: Any, path: str
     if isinstance(value, str):  # shorthand: just the address
         value = {"address": value}
     m = _mapping(p, parent, index, value, path)
-    _unknown_keys(p, m, ("address", "port", "weight"), path)
+    _unknown_keys(p, m, ("address", "port", "weight", "cap"), path)
     try:
         address = parse_address(m.get("address"))
     except ValueError as exc:
@@ -278,7 +283,10 @@ def _parse_endpoint(p: _Problems, parent: Any, index: int, value: Any, path: str
     port = m.get("port")
     if port is not None:
         port = _int(p, m, "port", path, 80, 1, 65535)
-    return Endpoint(address=address, port=port, weight=_int(p, m, "weight", path, 100, 0, 10000))
+    cap = None if m.get("cap") is None else _float(p, m, "cap", path, 1.0, 0.0, 1.0)
+    return Endpoint(
+        address=address, port=port, weight=_int(p, m, "weight", path, 100, 0, 10000), cap=cap
+    )
 
 
 def _parse_location(p: _Problems, parent: Any, value: Any, path: str) -> Location | None:
@@ -339,19 +347,15 @@ def _parse_pool(p: _Problems, parent: Any, name: Any, value: Any, path: str) -> 
     )
 
 
-SERVICE_FIELDS = ("ttl", "answers", "policy", "check", "pools")
+SERVICE_FIELDS = ("ttl", "answers", "policy", "all_down", "check", "pools")
+
 
 
 def _parse_service(p: _Problems, parent: Any, fqdn: str, value: Any, path: str) -> Service:
     m = _mapping(p, parent, fqdn, value, path)
     _unknown_keys(p, m, SERVICE_FIELDS, path)
-    policy_text = m.get("policy", Policy.STICKY.value)
-    try:
-        policy = Policy(policy_text)
-    except ValueError:
-        p.add(m, "policy", _join(path, "policy"),
-              f"must be one of {', '.join(x.value for x in Policy)}, not {policy_text!r}")
-        policy = Policy.STICKY
+    policy = _enum(p, m, "policy", path, Policy, Policy.STICKY)
+    all_down = _enum(p, m, "all_down", path, AllDown, AllDown.OPEN)
     pools_raw = _mapping(p, m, "pools", m.get("pools"), _join(path, "pools"))
     pools = tuple(
         _parse_pool(p, pools_raw, name, pool, _join(_join(path, "pools"), name))
@@ -362,6 +366,7 @@ def _parse_service(p: _Problems, parent: Any, fqdn: str, value: Any, path: str) 
         ttl=_int(p, m, "ttl", path, 30, 0, 86400),
         answers=_int(p, m, "answers", path, 2, 1, 64),
         policy=policy,
+        all_down=all_down,
         check=_parse_check(p, m, m.get("check"), _join(path, "check")),
         pools=pools,
     )

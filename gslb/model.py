@@ -99,7 +99,20 @@ class CheckKind(enum.Enum):
 class Policy(enum.Enum):
     """How endpoints are picked within the chosen pools."""
 
-    STICKY = "sticky"  # weighted consistent hashing of the client subnet
+    STICKY = "sticky"  # weighted consistent hashing of the client subnet (bounded by caps)
+    WEIGHTED = "weighted"  # weighted random, seeded by the query so any instance agrees
+    ROUND_ROBIN = "round_robin"  # rotate through the endpoints, query by query
+    LEAST_LOADED = "least_loaded"  # lowest load reported in heartbeats
+    FASTEST = "fastest"  # lowest health-check round-trip time
+    FILL = "fill"  # first endpoint in order until its load reaches its cap, then the next
+
+
+class AllDown(enum.Enum):
+    """What a service answers when none of its endpoints is known to be healthy."""
+
+    OPEN = "open"  # every enabled endpoint: something beats nothing
+    CLOSED = "closed"  # NODATA
+    LAST_GOOD = "last_good"  # the endpoints that were healthy last
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,7 @@ class Endpoint:
     weight: int = 100
     registered: bool = False  # came from POST /register (persisted), not from a zone file
     heartbeat_timeout: float | None = None  # set: down when heartbeats stop for this long
+    cap: float | None = None  # load (0-1) above which it takes no new clients (fill, sticky)
 
     @property
     def key(self) -> tuple[IPAddress, int | None]:
@@ -134,6 +148,17 @@ class Endpoint:
 class Location:
     latitude: float
     longitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class GeoInfo:
+    """Where a client address is, as far as the GeoIP database knows."""
+
+    country: str | None
+    continent: str | None
+    location: Location | None
+    prefix: int  # length of the database network holding the address (found or empty)
+    found: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +182,7 @@ class Service:
     ttl: int = 30
     answers: int = 2
     policy: Policy = Policy.STICKY
+    all_down: AllDown = AllDown.OPEN
     check: HealthCheck = field(default_factory=HealthCheck)
     pools: tuple[Pool, ...] = ()
 
@@ -220,6 +246,8 @@ class Health:
 
     ``probe_up`` comes from the prober (True before the first check: see README),
     ``heartbeat_up`` from heartbeats (None when the endpoint sends none).
+    ``confirmed`` stays False until the first verdict, so a service that does not fail
+    open can hold back endpoints nobody has checked yet.
     """
 
     probe_up: bool = True
@@ -227,7 +255,8 @@ class Health:
     draining: bool = False  # the endpoint said "draining" in a heartbeat
     admin: AdminState = AdminState.ENABLED
     load: float | None = None
-    last_check: str = "not checked yet"
+    rtt: float | None = None  # seconds, of the last successful check (for ``fastest``)
+    confirmed: bool = False  # a check or heartbeat has spoken since the start
     since: float = 0.0  # clock time of the last up/down change
 
     @property

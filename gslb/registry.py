@@ -26,11 +26,19 @@ from gslb.model import (
     Service,
     Zone,
 )
-from gslb.snapshot import EndpointView, ServiceView, Snapshot, ZoneView, make_zone_view
+from gslb.snapshot import (
+    EndpointView,
+    Locator,
+    ServiceView,
+    Snapshot,
+    ZoneView,
+    make_zone_view,
+)
 from gslb.store.contract import Registration, Store
 
 log = logging.getLogger("gslb.registry")
 
+RTT_CHANGE = 0.2  # relative RTT change that is worth a new snapshot
 DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # when an endpoint sends heartbeats without registering a timeout
 Key = tuple[IPAddress, int | None]
 
@@ -58,6 +66,8 @@ class Registry:
         self._checks: dict[EndpointRef, CheckNote] = {}
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._failing_open: set[str] = set()
+        self._last_good: dict[str, frozenset[tuple[str, IPAddress, int | None]]] = {}
+        self._locator: Locator | None = None
         self.generation = 0
         self.snapshot = Snapshot()
         if store is not None:
@@ -149,7 +159,9 @@ class Registry:
             now = self._clock()
             self._last_heartbeat[ref] = now
             old = self._health.get(ref, Health())
-            new = dataclasses.replace(old, heartbeat_up=True, draining=draining, load=load)
+            new = dataclasses.replace(
+                old, heartbeat_up=True, draining=draining, load=load, confirmed=True
+            )
             self._set_health(ref, old, new, "heartbeat" + (" (draining)" if draining else ""))
             return ref
 
@@ -171,18 +183,34 @@ class Registry:
         return expired
 
     def set_probe_state(self, ref: EndpointRef, up: bool, reason: str) -> None:
-        """The prober's verdict after its rise/fall thresholds: a transition."""
+        """The prober's verdict after its rise/fall thresholds: a transition, or the
+        first verdict that confirms the starting state."""
         with self._lock:
             if self._endpoint(ref) is None:
                 return  # deregistered while its check was in flight
             old = self._health.get(ref, Health())
-            self._set_health(ref, old, dataclasses.replace(old, probe_up=up), reason)
+            new = dataclasses.replace(old, probe_up=up, confirmed=True)
+            self._set_health(ref, old, new, reason)
 
     def note_check(self, ref: EndpointRef, ok: bool, result: str, rtt: float | None) -> None:
-        """Keep a probe's latest result for the API; this changes no answer."""
+        """Keep a probe's latest result for the API. The RTT reaches answers (``fastest``)
+        only when it moves by a fifth or more, so steady checks publish nothing."""
         with self._lock:
-            if self._endpoint(ref) is not None:  # not for one deregistered mid-check
-                self._checks[ref] = CheckNote(result, ok, self._clock(), rtt)
+            if self._endpoint(ref) is None:
+                return  # deregistered while its check was in flight
+            self._checks[ref] = CheckNote(result, ok, self._clock(), rtt)
+            old = self._health.get(ref, Health())
+            if ok and rtt is not None and (
+                old.rtt is None or abs(rtt - old.rtt) >= RTT_CHANGE * old.rtt
+            ):
+                self._health[ref] = dataclasses.replace(old, rtt=rtt)
+                self._publish()
+
+    def set_locator(self, locator: Locator | None) -> None:
+        """Use another GeoIP database for answers from now on."""
+        with self._lock:
+            self._locator = locator
+            self._publish()
 
     def check_note(self, ref: EndpointRef) -> CheckNote | None:
         with self._lock:
@@ -270,6 +298,12 @@ class Registry:
                 ref = EndpointRef(service.name, pool.name, endpoint.address, endpoint.port)
                 views.append(EndpointView(full, endpoint, self._health.get(ref, Health())))
         full_service = dataclasses.replace(service, pools=tuple(pools))
+        good = frozenset(
+            (v.pool.name, v.endpoint.address, v.endpoint.port)
+            for v in views if v.health.serving and v.health.confirmed
+        )
+        if good:
+            self._last_good[service.name] = good
         failing = bool(views) and not any(v.health.serving for v in views)
         if failing != (service.name in self._failing_open):  # log the change, once
             if failing:
@@ -279,7 +313,7 @@ class Registry:
             else:
                 self._failing_open.discard(service.name)
                 log.warning("service %s has serving endpoints again", service.name)
-        return ServiceView(full_service, tuple(views))
+        return ServiceView(full_service, tuple(views), self._last_good.get(service.name, frozenset()))
 
     def _publish(self) -> None:
         zones: dict[str, ZoneView] = {}
@@ -287,7 +321,7 @@ class Registry:
             services = {s.name: self._service_view(s) for s in zone.services}
             zones[apex] = make_zone_view(zone, self._serials.get(apex, 1), services)
         self.generation += 1
-        snapshot = Snapshot(self.generation, zones)
+        snapshot = Snapshot(self.generation, zones, self._locator)
         self.snapshot = snapshot
         for listener in self._listeners:
             listener(snapshot)

@@ -8,8 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from gslb.model import Endpoint, Health, Pool, Record, RType, Service, SOAData, Zone
+from gslb.model import (
+    Endpoint,
+    GeoInfo,
+    Health,
+    IPAddress,
+    Pool,
+    Record,
+    RType,
+    Service,
+    SOAData,
+    Zone,
+)
+
+
+class Locator(Protocol):
+    """Where an address is: a GeoIP database, or anything that answers the same way."""
+
+    def locate(self, address: IPAddress) -> GeoInfo: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +43,8 @@ class ServiceView:
 
     service: Service
     endpoints: tuple[EndpointView, ...]
+    # (pool, address, port) of the endpoints that were serving last, for all_down: last_good
+    last_good: frozenset[tuple[str, IPAddress, int | None]] = frozenset()
 
     @property
     def name(self) -> str:
@@ -48,6 +68,7 @@ class ZoneView:
 class Snapshot:
     generation: int = 0
     zones: Mapping[str, ZoneView] = field(default_factory=dict)
+    locator: Locator | None = None  # the GeoIP database answers are computed with
 
     def find_zone(self, qname: str) -> ZoneView | None:
         """The zone that holds ``qname`` (lower-cased, absolute), by longest suffix."""

@@ -22,7 +22,7 @@ from aiohttp import web
 from gslb.api.app import MAX_BODY, make_app
 from gslb.config import load_zone_text, load_zones
 from gslb.engine.answer import answer
-from gslb.engine.chain import Client
+from gslb.engine.context import Client
 from gslb.errors import StoreError
 from gslb.model import AddressData, EndpointRef, IPAddress, RType
 from gslb.registry import Registry

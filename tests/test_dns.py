@@ -34,7 +34,7 @@ from dnsfixtures import (
 
 from gslb.dns import wire
 from gslb.dns.server import DnsServer
-from gslb.engine.chain import Client
+from gslb.engine.context import Client
 from gslb.snapshot import Snapshot
 
 HOST = "127.0.0.1"

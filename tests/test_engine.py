@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, ip_address
 
 from gslb.config import load_zone_text
 from gslb.engine.answer import Rcode, answer
-from gslb.engine.chain import Client
+from gslb.engine.context import Client
 from gslb.engine.ring import make_ring
 from gslb.model import AddressData, AdminState, Endpoint, EndpointRef, Health, RType
 from gslb.registry import Registry
@@ -57,8 +57,14 @@ def test_same_subnet_same_endpoint_and_hashing_on_the_subnet() -> None:
     first = addresses(registry, Client(ip_address("10.1.2.3")))
     assert first == addresses(registry, Client(ip_address("10.1.2.250")))  # same /24
     assert all(addresses(registry, client(i)) == addresses(registry, client(i)) for i in range(50))
-    result = answer(registry.snapshot, WWW, RType.A, Client(ip_address("10.1.2.3")))
-    assert result.scope == 24
+    ecs = Client(ip_address("81.2.3.0"), 24, ip_address("127.0.0.1"))
+    assert answer(registry.snapshot, WWW, RType.A, ecs).scope == 24
+    ecs16 = Client(ip_address("81.2.0.0"), 16, ip_address("127.0.0.1"))
+    assert answer(registry.snapshot, WWW, RType.A, ecs16).scope == 16  # capped by the source
+    private = Client(ip_address("10.1.2.0"), 24, ip_address("81.2.3.4"))
+    result = answer(registry.snapshot, WWW, RType.A, private)
+    assert result.scope == 0  # private ECS: the resolver's address decided
+    assert addresses(registry, private) == addresses(registry, Client(ip_address("81.2.3.4")))
 
 
 def test_load_spreads_over_endpoints() -> None:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gslb.config import load_zone_text
 from gslb.engine.answer import answer
-from gslb.engine.chain import Client
+from gslb.engine.context import Client
 from gslb.health.prober import (
     CheckResult,
     Prober,

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from gslb.dns import wire
 from gslb.engine.answer import answer
-from gslb.engine.chain import Client
+from gslb.engine.context import Client
 from gslb.model import IPAddress
 from gslb.snapshot import Snapshot
 
@@ -51,7 +51,13 @@ class DnsServer:
             query = wire.parse_query(data)
             if not isinstance(query, wire.Query):
                 return query
-            client = query.client or Client(_source_ip(source_address))
+            source = _source_ip(source_address)
+            ecs = query.client
+            client = (
+                Client(ecs.address, ecs.source_prefix, source, query.id)
+                if ecs is not None
+                else Client(source, nonce=query.id)
+            )
             snapshot = self._snapshots()
             qtype = query.rtype if query.rtype is not None else query.question.qtype
             result = answer(snapshot, query.qname, qtype, client)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from gslb.engine.chain import Client, select
+from gslb.engine.chain import select
+from gslb.engine.context import Client
 from gslb.model import HINFOData, MXData, NameData, Record, RType, SOAData
 from gslb.snapshot import Snapshot, ZoneView
 
@@ -56,7 +57,7 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -
     for _ in range(MAX_CNAME_CHAIN + 1):
         service = zone.services.get(name)
         if service is not None and (qtype == RType.A or qtype == RType.AAAA):
-            selection = select(service, RType(qtype), client)
+            selection = select(service, RType(qtype), client, snapshot.locator)
             trace.append(f"service {name}")
             trace.extend(selection.trace)
             scope = max(scope, selection.scope)

@@ -9,7 +9,7 @@ the GSLB builds the same ring and gives every client the same answer.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,19 +26,25 @@ class Ring:
 
     def pick(self, key: int, count: int) -> list[int]:
         """Up to ``count`` distinct member indices, walking clockwise from ``key``."""
-        if self.size == 0:
-            return []
-        count = min(count, self.size)
         picked: list[int] = []
+        for owner in self.walk(key):
+            picked.append(owner)
+            if len(picked) >= count:
+                break
+        return picked
+
+    def walk(self, key: int) -> Iterator[int]:
+        """Every member index once, in the order met walking clockwise from ``key``."""
+        seen: set[int] = set()
         points = len(self.points)
         i = bisect.bisect_right(self.points, key)
         for step in range(points):
             owner = self.owners[(i + step) % points]
-            if owner not in picked:
-                picked.append(owner)
-                if len(picked) == count:
-                    break
-        return picked
+            if owner not in seen:
+                seen.add(owner)
+                yield owner
+                if len(seen) == self.size:
+                    return
 
 
 @lru_cache(maxsize=4096)

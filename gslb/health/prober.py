@@ -203,7 +203,7 @@ class Tracker:
     def reason(self, after: Tracker, result: str) -> str:
         """Why ``self`` became ``after``, for the registry's log."""
         if self.state is ProbeState.UNCONFIRMED:
-            return f"first check failed: {result}"
+            return f"first check {'passed' if after.up else 'failed'}: {result}"
         count = self.streak + 1
         word = "passed" if after.up else "failed"
         return f"{count} {word} check{'s' if count != 1 else ''}: {result}"
@@ -334,7 +334,8 @@ class Prober:
         self._registry.note_check(ref, result.ok, result.result, result.rtt)
         after = before.observe(result.ok)
         self._trackers[ref] = after
-        if after.up != before.up:
+        if after.up != before.up or before.state is ProbeState.UNCONFIRMED:
+            # the first verdict is reported even when it agrees: it confirms the state
             self._registry.set_probe_state(ref, after.up, before.reason(after, result.result))
 
     async def _stop_all(self) -> None:

@@ -1,0 +1,66 @@
+"""What the selection steps share: who is asking, and what each step learned and decided."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_network
+
+from gslb.model import GeoInfo, IPAddress, RType
+from gslb.snapshot import EndpointView, Locator, ServiceView
+
+HASH_PREFIX_V4 = 24  # the client subnet that hashing (stickiness) keys on
+HASH_PREFIX_V6 = 56
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who is asking: the ECS address when the query had one, else the resolver."""
+
+    address: IPAddress
+    source_prefix: int | None = None  # ECS SOURCE PREFIX-LENGTH; None without ECS
+    resolver: IPAddress | None = None  # the transport source, when ``address`` came from ECS
+    nonce: int = 0  # a per-query number (the DNS ID) that random-like policies draw on
+
+
+@dataclass(slots=True)
+class Context:
+    service: ServiceView
+    qtype: RType
+    client: Client
+    locator: Locator | None = None
+    scope: int = 0  # most specific client prefix any step depended on
+    trace: list[str] = field(default_factory=list)
+    pool_order: dict[str, tuple[float, ...]] = field(default_factory=dict)  # set by geo
+    _geo: GeoInfo | None = None
+
+    @property
+    def geo(self) -> GeoInfo | None:
+        """The client's GeoIP information, looked up once (None without a database)."""
+        if self._geo is None and self.locator is not None:
+            self._geo = self.locator.locate(self.client.address)
+        return self._geo
+
+    def depend(self, prefix: int) -> None:
+        """Note that the answer depends on the client's first ``prefix`` bits."""
+        if self.client.source_prefix is not None:
+            prefix = min(prefix, self.client.source_prefix)
+        self.scope = max(self.scope, prefix)
+
+
+Step = Callable[[list[EndpointView], Context], list[EndpointView]]
+
+
+def client_bucket(client: Client) -> tuple[bytes, int]:
+    """The client's hashing subnet, packed, and its prefix length (capped by ECS)."""
+    limit = HASH_PREFIX_V4 if isinstance(client.address, IPv4Address) else HASH_PREFIX_V6
+    if client.source_prefix is not None:
+        limit = min(limit, client.source_prefix)
+    net = ip_network((client.address, limit), strict=False)
+    return net.network_address.packed + bytes([limit]), limit
+
+
+def member_id(view: EndpointView) -> str:
+    """A stable name for an endpoint on hash rings: the same on every instance."""
+    port = "" if view.endpoint.port is None else str(view.endpoint.port)
+    return f"{view.pool.name}|{view.endpoint.address}|{port}"

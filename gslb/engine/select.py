@@ -1,0 +1,115 @@
+"""Step ``select``: pick ``answers`` endpoints among the chosen pool(s), by the service's policy.
+
+    services:
+      www:
+        policy: sticky     # sticky | weighted | round_robin | least_loaded | fastest | fill
+        answers: 2
+
+- ``sticky``: a consistent hash ring of the client subnet (/24, /56) with virtual nodes in
+  proportion to weight; an endpoint whose reported load is at or above its ``cap`` is
+  skipped on the walk, so its subnets spread over the next endpoints (bounded loads).
+- ``weighted``: weighted random, drawn from the query's ID, so it needs no process state.
+- ``round_robin``: the endpoints rotated by the query's ID.
+- ``least_loaded``: lowest ``load`` from heartbeats first (unknown counts as 0).
+- ``fastest``: lowest health-check round-trip time first (unknown counts last).
+- ``fill``: endpoints in declared order; each takes everything until its load reaches its
+  ``cap``, then the next.
+
+Ties in ``least_loaded`` and ``fastest`` keep the sticky order, so they stay sticky.
+An endpoint's weight is its pool's weight split among the pool's candidates by their
+weights; endpoints of weight 0 are standby, used only when no candidate has a weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from gslb.engine.context import Context, client_bucket, member_id
+from gslb.engine.ring import Ring, hash_key, make_ring
+from gslb.model import Policy
+from gslb.snapshot import EndpointView
+
+
+def member_weights(candidates: Sequence[EndpointView]) -> list[float]:
+    pool_totals: dict[str, int] = {}
+    for c in candidates:
+        pool_totals[c.pool.name] = pool_totals.get(c.pool.name, 0) + c.endpoint.weight
+    weights = []
+    for c in candidates:
+        total = pool_totals[c.pool.name]
+        weights.append(c.pool.weight * c.endpoint.weight / total if total else 0.0)
+    if not any(weights):
+        return [1.0] * len(candidates)
+    return weights
+
+
+def _ring(members: list[tuple[EndpointView, float]]) -> Ring:
+    return make_ring(tuple((member_id(c), w) for c, w in members))
+
+
+def _full(view: EndpointView) -> bool:
+    cap, load = view.endpoint.cap, view.health.load
+    return cap is not None and load is not None and load >= cap
+
+
+def _sticky_order(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
+    key, prefix = client_bucket(ctx.client)
+    ctx.depend(prefix)
+    return [members[i][0] for i in _ring(members).walk(hash_key(key))]
+
+
+def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
+    order = _sticky_order(members, ctx)
+    open_ = [c for c in order if not _full(c)]
+    return open_ or order
+
+
+def weighted(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
+    draw = hash_key(ctx.client.nonce.to_bytes(4, "big"))
+    return [members[i][0] for i in _ring(members).walk(draw)]
+
+
+def round_robin(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
+    ordered = sorted((c for c, _ in members), key=member_id)
+    start = ctx.client.nonce % len(ordered)
+    return ordered[start:] + ordered[:start]
+
+
+def least_loaded(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
+    return sorted(_sticky_order(members, ctx), key=lambda c: c.health.load or 0.0)
+
+
+def fastest(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
+    rtt = {id(c): c.health.rtt if c.health.rtt is not None else math.inf for c, _ in members}
+    return sorted(_sticky_order(members, ctx), key=lambda c: rtt[id(c)])
+
+
+def fill(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
+    declared = [c for c, _ in members]  # pool order from geo, then file/registration order
+    open_ = [c for c in declared if not _full(c)]
+    return open_ + [c for c in declared if _full(c)]
+
+
+POLICIES: dict[Policy, Callable[[list[tuple[EndpointView, float]], Context], list[EndpointView]]] = {
+    Policy.STICKY: sticky,
+    Policy.WEIGHTED: weighted,
+    Policy.ROUND_ROBIN: round_robin,
+    Policy.LEAST_LOADED: least_loaded,
+    Policy.FASTEST: fastest,
+    Policy.FILL: fill,
+}
+
+
+def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
+    service = ctx.service.service
+    members = [(c, w) for c, w in zip(candidates, member_weights(candidates), strict=True) if w > 0]
+    if len(members) <= 1:
+        ctx.trace.append(f"select: {len(members)} candidate(s), nothing to choose")
+        return [c for c, _ in members]
+    picked = POLICIES[service.policy](members, ctx)[: service.answers]
+    ctx.trace.append(
+        f"select: {service.policy.value} for {ctx.client.address} picked "
+        + ", ".join(str(c.endpoint.address) for c in picked)
+    )
+    return picked

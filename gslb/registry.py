@@ -308,8 +308,8 @@ class Registry:
         if failing != (service.name in self._failing_open):  # log the change, once
             if failing:
                 self._failing_open.add(service.name)
-                log.error("service %s has no serving endpoint: answering with all (fail open)",
-                          service.name)
+                log.error("service %s has no serving endpoint (all_down: %s)",
+                          service.name, service.all_down.value)
             else:
                 self._failing_open.discard(service.name)
                 log.warning("service %s has serving endpoints again", service.name)

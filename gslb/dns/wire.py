@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv6Address
 from dnslib import CNAME, MX, NS, RD, SOA, TXT, DNSBuffer, DNSLabel
 
 from gslb.engine.answer import Answer, Rcode
-from gslb.engine.chain import Client
+from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.model import (
     AddressData,
     HINFOData,
@@ -40,8 +40,6 @@ MAX_TCP_MESSAGE = 65535
 MAX_NAME_WIRE = 255
 
 ECS_OPTION = 8
-ECS_MAX_PREFIX_V4 = 24  # how much of a client subnet we use at most
-ECS_MAX_PREFIX_V6 = 56
 
 OPCODE_QUERY = 0
 CLASS_IN = 1

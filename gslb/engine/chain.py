@@ -83,11 +83,6 @@ def select(
     for step in chain:
         candidates = step(candidates, ctx)
     ttl = service.service.ttl
-    seen: set[IPAddress] = set()
-    records = []
-    for c in candidates:  # two pools may hold the same address: answer it once
-        if c.endpoint.address not in seen:
-            seen.add(c.endpoint.address)
-            records.append(Record(service.name, qtype, ttl, AddressData(c.endpoint.address)))
+    records = [Record(service.name, qtype, ttl, AddressData(c.endpoint.address)) for c in candidates]
     scope = ctx.scope if client.source_prefix is not None else 0
     return Selection(tuple(records), scope, tuple(ctx.trace))

@@ -11,6 +11,8 @@ from gslb.snapshot import EndpointView, Locator, ServiceView
 
 HASH_PREFIX_V4 = 24  # the client subnet that hashing (stickiness) keys on
 HASH_PREFIX_V6 = 56
+ECS_MAX_PREFIX_V4 = 24  # how much of an ECS subnet we use at most (RFC 7871 privacy advice)
+ECS_MAX_PREFIX_V6 = 56
 
 
 @dataclass(frozen=True, slots=True)

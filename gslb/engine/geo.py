@@ -58,6 +58,8 @@ def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     if geo is None:
         if geo_matters:
             ctx.trace.append("geo: no GeoIP database; pools in tier order")
+        elif candidates:
+            ctx.trace.append(f"geo: only pool {candidates[0].pool.name} has candidates")
         return candidates
     ctx.depend(geo.prefix)  # a client elsewhere in the database network ranks the same
     where = (

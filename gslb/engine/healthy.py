@@ -9,21 +9,28 @@ When none is, the service's ``all_down`` decides::
         # all_down: last_good  # the endpoints that were healthy last (open if none ever was)
 
 Under ``closed`` and ``last_good`` an endpoint counts as healthy only once a check or a
-heartbeat has confirmed it, so a fresh start does not answer with unchecked endpoints.
+heartbeat has confirmed it: after a start, ``closed`` answers NODATA until the first
+verdicts, and ``last_good``, having no last good set yet, answers every enabled endpoint.
 """
 
 from __future__ import annotations
 
 from gslb.engine.context import Context
-from gslb.model import AdminState, AllDown
+from gslb.model import AdminState, AllDown, CheckKind
 from gslb.snapshot import EndpointView
 
 
 def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     mode = ctx.service.service.all_down
+    # With no probe and no heartbeats no verdict ever comes: such endpoints are confirmed.
+    unchecked = ctx.service.service.check.kind is CheckKind.NONE
     serving = [
         c for c in candidates
-        if c.health.serving and (c.health.confirmed or mode is AllDown.OPEN)
+        if c.health.serving and (
+            c.health.confirmed
+            or mode is AllDown.OPEN
+            or (unchecked and c.endpoint.heartbeat_timeout is None)
+        )
     ]
     if serving or not candidates:
         ctx.trace.append(f"healthy: {len(serving)} of {len(candidates)} serving")

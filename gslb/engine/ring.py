@@ -15,7 +15,8 @@ from functools import lru_cache
 
 import mmh3
 
-VNODES_PER_MEMBER = 160  # average points per member; more points, smoother shares
+VNODES_LIGHTEST = 1000  # points of the lightest member: shares within a few per cent
+MAX_VNODES = 50 * VNODES_LIGHTEST  # weight ratios beyond 50:1 saturate
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +52,17 @@ class Ring:
 def make_ring(members: tuple[tuple[str, float], ...]) -> Ring:
     """A ring for ``members``: (stable id, weight > 0) pairs, in any order.
 
-    Each member gets virtual nodes in proportion to its weight. Cached, since a
-    service's healthy set changes far less often than it is queried.
+    A member's virtual nodes depend on its own id and weight relative to the lightest
+    member's, so adding or removing a member moves only the clients on its points
+    (unless it changes which weight is lightest). Cached, since a service's healthy set
+    changes far less often than it is queried.
     """
-    total = sum(weight for _, weight in members)
-    if not members or total <= 0:
+    if not members:
         return Ring((), (), 0)
-    budget = VNODES_PER_MEMBER * len(members)
+    lightest = min(weight for _, weight in members)
     pairs: list[tuple[int, int]] = []
     for index, (member_id, weight) in enumerate(members):
-        vnodes = max(1, round(budget * weight / total))
+        vnodes = min(MAX_VNODES, max(1, round(VNODES_LIGHTEST * weight / lightest)))
         for v in range(vnodes):
             pairs.append((mmh3.hash(f"{member_id}#{v}", signed=False), index))
     pairs.sort()

@@ -16,8 +16,9 @@
   ``cap``, then the next.
 
 Ties in ``least_loaded`` and ``fastest`` keep the sticky order, so they stay sticky.
-An endpoint's weight is its pool's weight split among the pool's candidates by their
-weights; endpoints of weight 0 are standby, used only when no candidate has a weight.
+An endpoint's weight is multiplied by its pool's weight (both 100 by default), so pool
+weights scale whole regions within a tier; endpoints of weight 0 are standby, used only
+when no candidate has a weight.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ from gslb.snapshot import EndpointView
 
 
 def member_weights(candidates: Sequence[EndpointView]) -> list[float]:
-    pool_totals: dict[str, int] = {}
-    for c in candidates:
-        pool_totals[c.pool.name] = pool_totals.get(c.pool.name, 0) + c.endpoint.weight
-    weights = []
-    for c in candidates:
-        total = pool_totals[c.pool.name]
-        weights.append(c.pool.weight * c.endpoint.weight / total if total else 0.0)
+    """Relative weights: endpoint weight times pool weight, 1.0 for the defaults (100, 100).
+
+    A member's weight never depends on the other members, which keeps the hash ring's
+    promise that a change of members moves only that member's clients.
+    """
+    weights = [c.endpoint.weight * c.pool.weight / 10000 for c in candidates]
     if not any(weights):
         return [1.0] * len(candidates)
     return weights
@@ -107,7 +107,14 @@ def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     if len(members) <= 1:
         ctx.trace.append(f"select: {len(members)} candidate(s), nothing to choose")
         return [c for c, _ in members]
-    picked = POLICIES[service.policy](members, ctx)[: service.answers]
+    picked = []
+    seen = set()
+    for c in POLICIES[service.policy](members, ctx):  # an address held twice counts once
+        if c.endpoint.address not in seen:
+            seen.add(c.endpoint.address)
+            picked.append(c)
+            if len(picked) == service.answers:
+                break
     ctx.trace.append(
         f"select: {service.policy.value} for {ctx.client.address} picked "
         + ", ".join(str(c.endpoint.address) for c in picked)

@@ -197,6 +197,7 @@ def test_register_is_created_then_idempotent(api: Api) -> None:
         "port": 8080,
         "weight": 50,
         "heartbeat_timeout": 10.0,
+        "cap": None,
         "source": "registered",
     }
     again = api.post("/register", reg(A, port=8080, weight=50, heartbeat_timeout=10))
@@ -458,6 +459,7 @@ def test_services_listing_shape(api: Api) -> None:
     assert service["ttl"] == 20
     assert service["answers"] == 2
     assert service["policy"] == "sticky"
+    assert service["all_down"] == "open"
     assert service["check"] == {
         "type": "http", "path": "/health", "port": None, "interval": 1.0, "timeout": 0.5,
         "rise": 2, "fall": 2, "expect": "200-399",
@@ -475,6 +477,7 @@ def test_services_listing_shape(api: Api) -> None:
         "port": 8080,
         "weight": 100,
         "heartbeat_timeout": None,
+        "cap": None,
         "source": "registered",
         "health": {
             "up": True,
@@ -482,6 +485,7 @@ def test_services_listing_shape(api: Api) -> None:
             "since": None,
             "heartbeat": None,
             "load": None,
+            "confirmed": False,
             "last_check": {
                 "result": "HTTP 200",
                 "ok": True,

@@ -3,7 +3,8 @@
 ``make_app(registry, token)`` builds the aiohttp application without I/O; the caller
 starts it with ``AppRunner``/``TCPSite`` beside the DNS listeners. JSON in and out:
 
-    POST /register     {"service", "pool", "address", "port"?, "weight"?, "heartbeat_timeout"?}
+    POST /register     {"service", "pool", "address", "port"?, "weight"?, "heartbeat_timeout"?,
+                        "cap"?: 0.0-1.0}
                        201 with the endpoint when new, 200 when it existed
     POST /heartbeat    {"service", "pool"?, "address", "port"?, "status": "alive" | "draining",
                         "load"?: 0.0-1.0}  200 with the endpoint and its health
@@ -11,6 +12,7 @@ starts it with ``AppRunner``/``TCPSite`` beside the DNS listeners. JSON in and o
     GET  /services     every service, its pools, endpoints and their health
     GET  /services/{name}
     GET  /healthz      {"status": "ok", "generation", "zones"}
+    GET  /explain?name=N&type=A&client=IP[&ecs=NET][&id=N]  the answer and why
 
 Writes need ``Authorization: Bearer <token>`` when a token is set; reads never do.
 Every error is ``{"error": "..."}`` (with ``"field"`` on a 400) and its status: 400 bad
@@ -30,6 +32,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from ipaddress import ip_address, ip_network
 from typing import Any, NoReturn
 
 from aiohttp import hdrs, web
@@ -37,8 +40,10 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gslb.api import views
 from gslb.config import check_name, parse_address
+from gslb.engine.answer import answer
+from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.errors import ConfigError, Conflict, NotFound, RequestError, StoreError
-from gslb.model import Endpoint, IPAddress
+from gslb.model import Endpoint, IPAddress, RType
 from gslb.registry import Registry
 
 log = logging.getLogger("gslb.api")
@@ -47,7 +52,7 @@ REGISTRY = web.AppKey("registry", Registry)
 MAX_BODY = 64 * 1024  # bytes; a larger request body is refused with 413
 MAX_HEARTBEAT_TIMEOUT = 86400.0
 
-REGISTER_FIELDS = ("service", "pool", "address", "port", "weight", "heartbeat_timeout")
+REGISTER_FIELDS = ("service", "pool", "address", "port", "weight", "heartbeat_timeout", "cap")
 HEARTBEAT_FIELDS = ("service", "pool", "address", "port", "status", "load")
 DEREGISTER_FIELDS = ("service", "pool", "address", "port")
 HEARTBEAT_STATUSES = ("alive", "draining")
@@ -70,6 +75,7 @@ def make_app(registry: Registry, token: str | None = None) -> web.Application:
     app.router.add_get("/services", list_services)
     app.router.add_get("/services/{name}", get_service)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/explain", explain)
     return app
 
 
@@ -84,6 +90,7 @@ async def register(request: web.Request) -> web.Response:
         port=body.port(),
         weight=_default(body.integer("weight", 0, 10000), 100),
         heartbeat_timeout=body.duration("heartbeat_timeout", MAX_HEARTBEAT_TIMEOUT),
+        cap=body.fraction("cap"),
     )
     registry = request.app[REGISTRY]
     saved, created = await asyncio.to_thread(registry.register, service, pool, endpoint)
@@ -139,6 +146,42 @@ async def get_service(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response(views.healthz_json(request.app[REGISTRY].snapshot))
+
+
+async def explain(request: web.Request) -> web.Response:
+    """The answer a client gets and the trace of why: the DNS path's own engine call."""
+    query = request.query
+    name = query.get("name", "").strip()
+    if not name:
+        raise RequestError("name: required, e.g. www.gslb.example.com", "name")
+    qname = name.lower().rstrip(".") + "."
+    qtype_text = query.get("type", "A").upper()
+    try:
+        qtype: RType | int = RType[qtype_text] if not qtype_text.isdigit() else int(qtype_text)
+    except KeyError:
+        raise RequestError(f"type: unknown type {qtype_text!r}", "type") from None
+    try:
+        resolver = ip_address(query.get("client", "").strip())
+    except ValueError:
+        raise RequestError("client: required, the address of the asking resolver or client",
+                           "client") from None
+    nonce = query.get("id", "0")
+    if not nonce.isdigit() or int(nonce) > 0xFFFF:
+        raise RequestError("id: a DNS message ID, 0-65535", "id")
+    client = Client(resolver, nonce=int(nonce))
+    ecs_text = query.get("ecs")
+    if ecs_text:
+        try:
+            ecs = ip_network(ecs_text.strip(), strict=False)
+        except ValueError:
+            raise RequestError(f"ecs: {ecs_text!r} is not a subnet like 198.51.100.0/24",
+                               "ecs") from None
+        limit = ECS_MAX_PREFIX_V4 if ecs.version == 4 else ECS_MAX_PREFIX_V6
+        used = ip_network((ecs.network_address, min(ecs.prefixlen, limit)), strict=False)
+        client = Client(used.network_address, used.prefixlen, resolver, int(nonce))
+    snapshot = request.app[REGISTRY].snapshot
+    result = answer(snapshot, qname, qtype, client)
+    return web.json_response(views.explain_json(snapshot, qname, qtype, client, result))
 
 
 # --- request bodies -----------------------------------------------------------------

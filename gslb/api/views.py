@@ -3,14 +3,14 @@
 Names are shown without their trailing dot ("www.gslb.example.com"). Times are unix
 seconds; ``null`` means "never" or "not known". The shapes::
 
-    service  {"name", "zone", "ttl", "answers", "policy", "check", "pools": [pool]}
+    service  {"name", "zone", "ttl", "answers", "policy", "all_down", "check", "pools": [pool]}
     check    {"type", "path", "port", "interval", "timeout", "rise", "fall", "expect"}
     pool     {"name", "priority", "weight", "countries", "continents",
               "location": {"lat", "lon"} | null, "endpoints": [endpoint]}
     endpoint {"address", "port", "weight", "heartbeat_timeout",
               "source": "zone file" | "registered", "health": health}
     health   {"up", "state": "up" | "down" | "draining" | "disabled", "since",
-              "heartbeat": null | bool, "load", "last_check": null | check note}
+              "heartbeat": null | bool, "load", "confirmed", "last_check": null | note}
     note     {"result", "ok", "at", "rtt_ms"}
 """
 
@@ -19,7 +19,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gslb.model import AdminState, Endpoint, EndpointRef, Health, HealthCheck, Pool
+from gslb.engine.answer import Answer
+from gslb.engine.context import Client
+from gslb.model import (
+    AddressData,
+    AdminState,
+    Endpoint,
+    EndpointRef,
+    Health,
+    HealthCheck,
+    HINFOData,
+    MXData,
+    NameData,
+    Pool,
+    RData,
+    Record,
+    RType,
+    TXTData,
+)
 from gslb.registry import CheckNote
 from gslb.snapshot import EndpointView, ServiceView, Snapshot
 
@@ -57,6 +74,7 @@ def health_json(health: Health, note: CheckNote | None) -> JSON:
         "since": health.since or None,  # 0.0: no change seen since start
         "heartbeat": health.heartbeat_up,
         "load": health.load,
+        "confirmed": health.confirmed,
         "last_check": note_json(note),
     }
 
@@ -67,6 +85,7 @@ def endpoint_json(endpoint: Endpoint) -> JSON:
         "port": endpoint.port,
         "weight": endpoint.weight,
         "heartbeat_timeout": endpoint.heartbeat_timeout,
+        "cap": endpoint.cap,
         "source": "registered" if endpoint.registered else "zone file",
     }
 
@@ -129,6 +148,7 @@ def service_json(zone: str, view: ServiceView, notes: Notes) -> JSON:
         "ttl": service.ttl,
         "answers": service.answers,
         "policy": service.policy.value,
+        "all_down": service.all_down.value,
         "check": check_json(service.check),
         "pools": [pool_json(pool, by_pool[pool.name]) for pool in service.pools],
     }
@@ -178,3 +198,58 @@ def healthz_json(snapshot: Snapshot) -> JSON:
 
 def _first(item: tuple[str, str, ServiceView]) -> str:
     return item[0]
+
+
+def record_json(record: Record) -> JSON:
+    return {
+        "name": display_name(record.name) + ".",
+        "type": record.rtype.name,
+        "ttl": record.ttl,
+        "data": rdata_text(record.data),
+    }
+
+
+def rdata_text(data: RData) -> str:
+    if isinstance(data, AddressData):
+        return str(data.address)
+    if isinstance(data, NameData):
+        return data.target
+    if isinstance(data, MXData):
+        return f"{data.preference} {data.exchange}"
+    if isinstance(data, TXTData):
+        return " ".join(f'"{s}"' for s in data.strings)
+    if isinstance(data, HINFOData):
+        return f'"{data.cpu}" "{data.os}"'
+    return (f"{data.mname} {data.rname} {data.serial} {data.refresh} {data.retry} "
+            f"{data.expire} {data.minimum}")
+
+
+def explain_json(
+    snapshot: Snapshot, qname: str, qtype: RType | int, client: Client, result: Answer
+) -> JSON:
+    geo = snapshot.locator.locate(client.address) if snapshot.locator is not None else None
+    return {
+        "name": qname,
+        "type": qtype.name if isinstance(qtype, RType) else f"TYPE{qtype}",
+        "client": {
+            "address": str(client.address),
+            "ecs": None if client.source_prefix is None
+            else f"{client.address}/{client.source_prefix}",
+            "resolver": str(client.resolver or client.address),
+            "geo": None if geo is None else {
+                "found": geo.found,
+                "country": geo.country,
+                "continent": geo.continent,
+                "location": None if geo.location is None
+                else {"lat": geo.location.latitude, "lon": geo.location.longitude},
+                "prefix": geo.prefix,
+            },
+        },
+        "rcode": result.rcode.name,
+        "authoritative": result.authoritative,
+        "answer": [record_json(r) for r in result.answer],
+        "authority": [record_json(r) for r in result.authority],
+        "scope": result.scope if client.source_prefix is not None else None,
+        "generation": snapshot.generation,
+        "trace": list(result.trace),
+    }

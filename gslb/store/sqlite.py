@@ -66,13 +66,14 @@ class SqliteStore:
                 weight=weight,
                 registered=True,
                 heartbeat_timeout=options.get("heartbeat_timeout"),
+                cap=options.get("cap"),
             )
             registrations.append(Registration(service, pool, endpoint))
         return StoredState(tuple(registrations), serials)
 
     def save_registration(self, registration: Registration) -> None:
         e = registration.endpoint
-        extra = json.dumps({"heartbeat_timeout": e.heartbeat_timeout})
+        extra = json.dumps({"heartbeat_timeout": e.heartbeat_timeout, "cap": e.cap})
         self._write(
             "INSERT OR REPLACE INTO registrations VALUES (?, ?, ?, ?, ?, ?)",
             (registration.service, registration.pool, str(e.address), e.port or 0, e.weight, extra),

@@ -31,8 +31,9 @@ def test_example_zone_loads_with_every_feature() -> None:
     assert ("ns1.gslb.example.com.", RType.A) in by_type  # glue
     assert ("ns2.gslb.example.com.", RType.A) in by_type
     assert {RType.TXT, RType.MX, RType.CNAME, RType.AAAA} <= {r.rtype for r in zone.records}
-    (www,) = zone.services
+    www, geo = zone.services
     assert www.name == "www.gslb.example.com."
+    assert geo.check.kind.value == "none" and any(e.cap for p in geo.pools for e in p.endpoints)
     assert www.ttl <= 30
     assert [(p.name, p.priority) for p in www.pools] == [("eu-west", 1), ("us-east", 2)]
     assert all(p.location is not None and (p.countries or p.continents) for p in www.pools)

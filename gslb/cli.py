@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="state store: a SQLite file (default: data/state.sqlite)")
     serve.add_argument("--token", default=_env("token", None),
                        help="bearer token required for API writes (default: none)")
+    serve.add_argument("--geoip", default=_env("geoip", "data/gslb-geo.mmdb"),
+                       help="MaxMind City or Country database; 'none' for no GeoIP "
+                            "(default: the bundled data/gslb-geo.mmdb)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
 
@@ -64,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--api", default=_env("api_url", "http://127.0.0.1:8053"),
                         help="API URL (default: http://127.0.0.1:8053)")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    explain = sub.add_parser("explain", help="the answer a client gets for a name, and why")
+    explain.add_argument("name", help="the name asked, e.g. www.gslb.example.com")
+    explain.add_argument("--client", required=True, help="the asking resolver or client address")
+    explain.add_argument("--ecs", help="an EDNS Client Subnet, e.g. 198.51.100.0/24")
+    explain.add_argument("--type", default="A", help="query type (default: A)")
+    explain.add_argument("--api", default=_env("api_url", "http://127.0.0.1:8053"),
+                         help="API URL (default: http://127.0.0.1:8053)")
+    explain.add_argument("--json", action="store_true", help="print the raw JSON")
     return parser
 
 
@@ -73,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.zones)
     if args.command == "status":
         return _status(args.api, args.json)
+    if args.command == "explain":
+        return _explain(args)
     return _serve(args)
 
 
@@ -99,7 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     settings = Settings(
-        zones=args.zones, dns=args.dns, api=args.api, state=args.state, token=args.token
+        zones=args.zones, dns=args.dns, api=args.api, state=args.state, token=args.token,
+        geoip=None if args.geoip.lower() == "none" else Path(args.geoip),
     )
     try:
         import uvloop
@@ -130,12 +146,54 @@ async def _run(settings: Settings) -> None:
         await gslb.stop()
 
 
+def _get(url: str) -> Any:
+    """GET a JSON document; GslbError with the API's own message when it refuses."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise GslbError(f"{exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise GslbError(f"cannot read {url}: {exc}") from None
+
+
+def _explain(args: argparse.Namespace) -> int:
+    query = {"name": args.name, "type": args.type, "client": args.client}
+    if args.ecs:
+        query["ecs"] = args.ecs
+    try:
+        result = _get(f"{args.api.rstrip('/')}/explain?{urllib.parse.urlencode(query)}")
+    except GslbError as exc:
+        print(f"gslb: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    client = result["client"]
+    geo = client["geo"]
+    where = "no GeoIP" if geo is None else (
+        f"{geo['country']}/{geo['continent']} (network /{geo['prefix']})" if geo["found"]
+        else f"unknown location (network /{geo['prefix']})")
+    ecs = f", ECS {client['ecs']}" if client["ecs"] else ""
+    print(f"{result['name']} {result['type']} from {client['address']}{ecs}: {where}")
+    for line in result["trace"]:
+        print(f"  {line}")
+    print(f"{result['rcode']}, scope {result['scope']}" if result["scope"] is not None
+          else result["rcode"])
+    for record in result["answer"]:
+        print(f"  {record['name']} {record['ttl']} {record['type']} {record['data']}")
+    return 0
+
+
 def _status(api: str, raw: bool) -> int:
     try:
-        with urllib.request.urlopen(f"{api.rstrip('/')}/services", timeout=5) as response:
-            services = json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"gslb: cannot read {api}: {exc}", file=sys.stderr)
+        services = _get(f"{api.rstrip('/')}/services")
+    except GslbError as exc:
+        print(f"gslb: {exc}", file=sys.stderr)
         return 1
     if raw:
         print(json.dumps(services, indent=2))

@@ -5,6 +5,8 @@ Used by ``gslb serve`` and by the tests, which start the very same thing on port
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +17,16 @@ from gslb.api.app import make_app
 from gslb.config import load_zones
 from gslb.dns.server import DnsServer
 from gslb.errors import ConfigError, StoreError
+from gslb.geoip import GeoSource
 from gslb.health.thread import HealthThread
 from gslb.registry import Registry
 from gslb.store.contract import Store
 from gslb.store.sqlite import SqliteStore
 
 log = logging.getLogger("gslb")
+
+BUNDLED_GEOIP = Path("data/gslb-geo.mmdb")
+GEOIP_WATCH_PERIOD = 5.0  # seconds between looks at the GeoIP file for a new version
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,7 @@ class Settings:
     api: tuple[str, int] = ("127.0.0.1", 8053)
     state: str = "data/state.sqlite"
     token: str | None = None
+    geoip: Path | None = BUNDLED_GEOIP  # None: no GeoIP; geo rules then never match
 
 
 def open_store(state: str) -> Store:
@@ -51,12 +58,20 @@ class Gslb:
         self._health: HealthThread | None = None
         self._dns: DnsServer | None = None
         self._runner: web.AppRunner | None = None
+        self._geo: GeoSource | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         zones = load_zones(self.settings.zones)
+        if self.settings.geoip is not None:
+            self._geo = GeoSource.open(self.settings.geoip)
+            log.info("geoip: %s", self._geo.database)
         self._store = open_store(self.settings.state)
         registry = Registry(self._store)
         registry.load_zones(zones)
+        if self._geo is not None:
+            registry.set_locator(self._geo.database)
+            self._watch = asyncio.create_task(self._watch_geoip())
         self.registry = registry
 
         self._health = HealthThread(registry)
@@ -79,8 +94,10 @@ class Gslb:
         )
 
     def reload(self) -> bool:
-        """Re-read the zone files; a bad file changes nothing. Returns whether it applied."""
+        """Re-read the zone files and the GeoIP database; what fails to load changes
+        nothing. Returns whether everything applied."""
         assert self.registry is not None
+        applied = self.reload_geoip()
         try:
             zones = load_zones(self.settings.zones)
         except ConfigError as exc:
@@ -88,9 +105,29 @@ class Gslb:
             return False
         self.registry.load_zones(zones)
         log.info("reloaded %d zone(s)", len(zones))
+        return applied
+
+    def reload_geoip(self) -> bool:
+        if self._geo is None or self.registry is None:
+            return True
+        if not self._geo.reload():
+            return False  # GeoSource said why; the old database keeps serving
+        self.registry.set_locator(self._geo.database)
+        log.info("geoip reloaded: %s", self._geo.database)
         return True
 
+    async def _watch_geoip(self) -> None:
+        assert self._geo is not None
+        while True:
+            await asyncio.sleep(GEOIP_WATCH_PERIOD)
+            if self._geo.changed():
+                await asyncio.to_thread(self.reload_geoip)
+
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         if self._runner is not None:
             await self._runner.cleanup()
         if self._dns is not None:

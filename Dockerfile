@@ -15,13 +15,15 @@ RUN pip install --no-cache-dir . \
     && setcap 'cap_net_bind_service=+ep' "$(readlink -f "$(command -v python3)")"
 
 COPY zones /etc/gslb/zones
+COPY data/gslb-geo.mmdb /usr/share/gslb/gslb-geo.mmdb
 RUN useradd --system --home /var/lib/gslb --create-home gslb
 USER gslb
 
 ENV GSLB_ZONES=/etc/gslb/zones \
     GSLB_DNS=0.0.0.0:53 \
     GSLB_API=0.0.0.0:8053 \
-    GSLB_STATE=/var/lib/gslb/state.sqlite
+    GSLB_STATE=/var/lib/gslb/state.sqlite \
+    GSLB_GEOIP=/usr/share/gslb/gslb-geo.mmdb
 VOLUME ["/etc/gslb/zones", "/var/lib/gslb"]
 EXPOSE 53/udp 53/tcp 8053/tcp
 HEALTHCHECK --interval=10s --timeout=3s \

@@ -241,3 +241,31 @@ def test_user_story(story: dict[str, object]) -> None:
         e["address"] for pool in service["pools"] for e in pool["endpoints"]}
     assert registered == set(EU + US)
     assert www_addresses(dns_port) == set(EU)
+
+
+def readme_examples() -> list[tuple[list[str], list[str]]]:
+    """(command, expected output) pairs from the README's 'Routing by example' block."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### Routing by example", 1)[1].split("```console", 1)[1].split("```", 1)[0]
+    examples: list[tuple[list[str], list[str]]] = []
+    for line in block.strip().splitlines():
+        if line.startswith("$ "):
+            examples.append((line[2:].split(), []))
+        else:
+            examples[-1][1].append(line.rstrip())
+    return examples
+
+
+def test_readme_routing_examples(story: dict[str, object]) -> None:
+    state = story["state"]
+    assert isinstance(state, Path)
+    gslb, dns_port, api_port = start_gslb(state)
+    story["gslb"] = gslb
+    examples = readme_examples()
+    assert len(examples) >= 5
+    for command, expected in examples:
+        args = [str(dns_port) if arg == "5353" else arg for arg in command]
+        if args[0] == "gslb":
+            args = [str(GSLB), *args[1:], "--api", f"http://127.0.0.1:{api_port}"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=True).stdout
+        assert out.rstrip().splitlines() == expected, " ".join(command)

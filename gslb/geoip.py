@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 BUNDLED_DATABASE = Path(__file__).resolve().parent.parent / "data" / "gslb-geo.mmdb"
 CACHE_SIZE = 65_536
-# Addresses share a cache entry by bucket (/24, /56) when their database network is at
-# least that wide; narrower networks are cached per address.
-BUCKET_PREFIX = {4: 24, 6: 56}
+# Addresses share a cache entry by bucket when their database network is at least that
+# wide; narrower networks are cached per address.
+IPV4_BUCKET, IPV6_BUCKET = 24, 56
 
 _SCHEMAS = ("City", "Country", "Enterprise")  # database_type words of the GeoIP2 layout
 _METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
@@ -52,8 +52,6 @@ _Signature = tuple[int, int, int, int]
 
 class GeoIPError(GslbError):
     """The GeoIP database cannot be used."""
-
-
 
 
 _NOT_FOUND = tuple(GeoInfo(None, None, None, prefix, False) for prefix in range(129))
@@ -117,6 +115,10 @@ class GeoDatabase:
     def cache_size(self) -> int:
         return self._cache_size
 
+    @property
+    def cache_entries(self) -> int:
+        return len(self._by_bucket) + len(self._by_address)
+
     def __str__(self) -> str:
         return f"{self._path} ({self._database_type}, built {self.built:%Y-%m-%d})"
 
@@ -133,12 +135,13 @@ class GeoDatabase:
         """Where ``address`` is. Never raises: a failing lookup gives a not-found answer."""
         ip = int(address)
         if isinstance(address, IPv4Address):
-            bucket_key, address_key, bucket_prefix = (ip >> 8) << 1, ip << 1, 24
+            family, bucket_prefix, bucket = 0, IPV4_BUCKET, ip >> 32 - IPV4_BUCKET
+        elif ip >> 32 == 0xFFFF:  # IPv4-mapped, ::ffff:0:0/96
+            as_ipv4 = self.locate(IPv4Address(ip & 0xFFFFFFFF))
+            return replace(as_ipv4, prefix=as_ipv4.prefix + 96)
         else:
-            if ip >> 32 == 0xFFFF:  # IPv4-mapped, ::ffff:0:0/96
-                as_ipv4 = self.locate(IPv4Address(ip & 0xFFFFFFFF))
-                return replace(as_ipv4, prefix=as_ipv4.prefix + 96)
-            bucket_key, address_key, bucket_prefix = (ip >> 72) << 1 | 1, ip << 1 | 1, 56
+            family, bucket_prefix, bucket = 1, IPV6_BUCKET, ip >> 128 - IPV6_BUCKET
+        bucket_key, address_key = bucket << 1 | family, ip << 1 | family
         cached = self._by_bucket.get(bucket_key)
         if cached is None:
             cached = self._by_address.get(address_key)
@@ -146,7 +149,7 @@ class GeoDatabase:
             return cached
         info = self._lookup(address)
         if self._cache_size:
-            if len(self._by_bucket) + len(self._by_address) >= self._cache_size:
+            if self.cache_entries >= self._cache_size:
                 self._by_bucket.clear()
                 self._by_address.clear()
             if info.prefix <= bucket_prefix:

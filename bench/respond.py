@@ -1,12 +1,14 @@
-"""Server CPU per query of the whole datagram -> reply function (no sockets), in-process.
+"""Server CPU per query of the whole datagram -> reply function, in-process, no sockets.
 
     .venv/bin/python bench/respond.py
 
-Bounded: 20,000 queries per case. A baseline for the response cache to come.
+Bounded: 20,000 queries per case. The baseline for the response cache to come.
 """
 
-import pathlib
+from __future__ import annotations
+
 import time
+from pathlib import Path
 
 import dns.edns
 import dns.message
@@ -16,16 +18,34 @@ from gslb.dns.server import DnsServer
 from gslb.geoip import GeoDatabase
 from gslb.registry import Registry
 
-r = Registry(); r.load_zones(load_zones(pathlib.Path("zones"))); r.set_locator(GeoDatabase.open(pathlib.Path("data/gslb-geo.mmdb")))
-srv = DnsServer(lambda: r.snapshot)
-def q(name, ecs=None):
-    m = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption(ecs, 24)] if ecs else None)
-    return m.to_wire()
-cases = {"static A (mail)": [q("mail.gslb.example.com")]*20000,
-         "service, ECS, same /24": [q("geo.gslb.example.com", "198.51.100.0")]*20000,
-         "service, ECS, 20000 distinct /24s": [q("geo.gslb.example.com", f"81.{i>>8 & 255}.{i & 255}.0") for i in range(20000)]}
-src = ("127.0.0.1", 5000)
-for name, qs in cases.items():
-    t = time.perf_counter()
-    for d in qs: srv.respond(d, src, False)
-    print(f"{name}: {(time.perf_counter()-t)/len(qs)*1e6:.1f} us/query")
+ROOT = Path(__file__).resolve().parent.parent
+COUNT = 20_000
+
+
+def query(name: str, ecs: str | None = None) -> bytes:
+    options = [dns.edns.ECSOption(ecs, 24)] if ecs else None
+    return dns.message.make_query(name, "A", use_edns=0, options=options).to_wire()
+
+
+def main() -> None:
+    registry = Registry()
+    registry.load_zones(load_zones(ROOT / "zones"))
+    registry.set_locator(GeoDatabase.open(ROOT / "data" / "gslb-geo.mmdb"))
+    server = DnsServer(lambda: registry.snapshot)
+    cases = {
+        "static A (mail)": [query("mail.gslb.example.com")] * COUNT,
+        "service, ECS, same /24": [query("geo.gslb.example.com", "198.51.100.0")] * COUNT,
+        "service, ECS, distinct /24s": [
+            query("geo.gslb.example.com", f"81.{i >> 8 & 255}.{i & 255}.0") for i in range(COUNT)
+        ],
+    }
+    source = ("127.0.0.1", 5000)
+    for name, queries in cases.items():
+        start = time.perf_counter()
+        for data in queries:
+            server.respond(data, source, False)
+        print(f"{name}: {(time.perf_counter() - start) / len(queries) * 1e6:.1f} us/query")
+
+
+if __name__ == "__main__":
+    main()

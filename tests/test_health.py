@@ -12,10 +12,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_address
 
 import pytest
-from aiohttp import web
 
 from gslb.config import load_zone_text
 from gslb.engine.answer import answer
@@ -70,7 +70,11 @@ def zone_text(check_path: str = "/health") -> str:
 
 
 class HealthServer:
-    """An aiohttp server on its own thread that answers every GET with ``status``."""
+    """An HTTP server on its own thread that answers every GET with ``status``.
+
+    The standard library's server accepts inside ``serve_forever``, so ``stop()`` leaves
+    no connection half-accepted behind (pytest turns such leaks into errors).
+    """
 
     def __init__(self, host: str, port: int = 0, status: int = 200) -> None:
         self.host = host
@@ -78,42 +82,45 @@ class HealthServer:
         self.status = status
         self.paths: list[str] = []  # every request's path, in order
         self.statuses: list[int] = []  # and the status it was answered with
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def requests(self) -> int:
         return len(self.paths)
 
     def start(self) -> HealthServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+                status = owner.status
+                owner.paths.append(self.path.split("?", 1)[0])
+                owner.statuses.append(status)
+                body = b"ok\n" if status < 400 else b"bad\n"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
         return self
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
-            self._runner = None
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
             self._thread.join(5)
-        self._loop.close()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        status = self.status
-        self.paths.append(request.path)
-        self.statuses.append(status)
-        return web.Response(status=status, text="ok\n" if status < 400 else "bad\n")
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+            self._thread = None
 
 
 ServerFactory = Callable[..., HealthServer]

@@ -246,8 +246,7 @@ class GeoSource:
                 return False
             # The old database is not closed: a lookup may still be running on it.
             self._database = database
-        log.info("GeoIP database loaded: %s", database)
-        return True
+        return True  # the caller says what is now in use (str(source.database))
 
 
 def _code(record: dict[str, object], key: str, field: str) -> str | None:

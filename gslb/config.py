@@ -39,6 +39,7 @@ from gslb.model import (
     SOASettings,
     TXTData,
     Zone,
+    fqdn,
 )
 
 CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
@@ -173,7 +174,7 @@ def _mapping(p: _Problems, parent: Any, key: Any, value: Any, path: str) -> dict
     return value
 
 
-def _list(p: _Problems, parent: Any, key: Any, value: Any, path: str) -> list[Any]:
+def _list(value: Any) -> list[Any]:
     """A list, or a single value standing for a list of one."""
     if value is None:
         return []
@@ -307,7 +308,7 @@ def _parse_location(p: _Problems, parent: Any, value: Any, path: str) -> Locatio
 
 def _codes(p: _Problems, m: Any, key: str, path: str, valid: Any) -> frozenset[str]:
     codes = set()
-    for code in _list(p, m, key, m.get(key), _join(path, key)):
+    for code in _list(m.get(key)):
         text = str(code).upper()
         if not valid(text):
             p.add(m, key, _join(path, key), f"{code!r} is not a valid code")
@@ -325,7 +326,7 @@ def _parse_pool(p: _Problems, parent: Any, name: Any, value: Any, path: str) -> 
         p.add(parent, name, path, "pool names are 1-64 letters, digits, '.', '_' or '-'")
     endpoints: list[Endpoint] = []
     raw = m.get("endpoints")
-    seq = raw if isinstance(raw, list) else _list(p, m, "endpoints", raw, path)
+    seq = raw if isinstance(raw, list) else _list(raw)
     seen: set[tuple[IPAddress, int | None]] = set()
     for i, item in enumerate(seq):
         endpoint = _parse_endpoint(p, seq, i, item, f"{_join(path, 'endpoints')}[{i}]")
@@ -351,8 +352,8 @@ SERVICE_FIELDS = ("ttl", "answers", "policy", "all_down", "check", "pools")
 
 
 
-def _parse_service(p: _Problems, parent: Any, fqdn: str, value: Any, path: str) -> Service:
-    m = _mapping(p, parent, fqdn, value, path)
+def _parse_service(p: _Problems, parent: Any, full_name: str, value: Any, path: str) -> Service:
+    m = _mapping(p, parent, full_name, value, path)
     _unknown_keys(p, m, SERVICE_FIELDS, path)
     policy = _enum(p, m, "policy", path, Policy, Policy.STICKY)
     all_down = _enum(p, m, "all_down", path, AllDown, AllDown.OPEN)
@@ -362,7 +363,7 @@ def _parse_service(p: _Problems, parent: Any, fqdn: str, value: Any, path: str) 
         for name, pool in pools_raw.items()
     )
     return Service(
-        name=fqdn,
+        name=full_name,
         ttl=_int(p, m, "ttl", path, 30, 0, 86400),
         answers=_int(p, m, "answers", path, 2, 1, 64),
         policy=policy,
@@ -375,11 +376,11 @@ def _parse_service(p: _Problems, parent: Any, fqdn: str, value: Any, path: str) 
 def parse_service(name: str, data: Any) -> Service:
     """A service from JSON-like data (the API's ``PUT /services/{name}``)."""
     p = _Problems("")
-    fqdn = absolute_name(name, ".")
-    problem = check_name(fqdn)
+    full_name = absolute_name(name, ".")
+    problem = check_name(full_name)
     if problem:
         p.add(None, None, "name", problem)
-    service = _parse_service(p, None, fqdn, data, "")
+    service = _parse_service(p, None, full_name, data, "")
     p.raise_if_any()
     return service
 
@@ -467,7 +468,7 @@ def _parse_records(
                 p.add(m, rtype, _join(path, rtype),
                       f"unsupported type (use {', '.join(sorted(_STATIC_TYPES))}){hint}")
                 continue
-            items = _list(p, m, rtype, m[rtype], _join(path, rtype))
+            items = _list(m[rtype])
             if rtype == "CNAME" and len(items) != 1:
                 p.add(m, rtype, _join(path, rtype), "a name has exactly one CNAME")
                 continue
@@ -498,7 +499,7 @@ def _parse_nameservers(
             continue
         names.append(name)
         records.append(Record(apex, RType.NS, ttl, NameData(name)))
-        glue = _list(p, raw, ns, addresses, path)
+        glue = _list(addresses)
         if in_zone(name, apex) and not glue:
             p.add(raw, ns, path, "an in-zone nameserver needs glue addresses")
         if glue and not in_zone(name, apex):
@@ -566,7 +567,7 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
     if not apex_text:
         p.add(doc, "zone", "zone", "required: the zone apex, e.g. gslb.example.com")
         p.raise_if_any()
-    apex = apex_text.strip().lower().rstrip(".") + "."
+    apex = fqdn(apex_text)
     problem = check_name(apex)
     if problem:
         p.add(doc, "zone", "zone", problem)
@@ -581,13 +582,15 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
     raw = _mapping(p, doc, "services", doc.get("services"), "services")
     for name, value in raw.items():
         path = _join("services", name)
-        fqdn = absolute_name(str(name), apex)
-        problem = check_name(fqdn) or (None if in_zone(fqdn, apex) else f"{fqdn} is outside {apex}")
+        full_name = absolute_name(str(name), apex)
+        problem = check_name(full_name) or (
+            None if in_zone(full_name, apex) else f"{full_name} is outside {apex}"
+        )
         if problem:
             p.add(raw, name, path, problem)
             continue
-        services.append(_parse_service(p, raw, fqdn, value, path))
-        service_where[fqdn] = (raw, name)
+        services.append(_parse_service(p, raw, full_name, value, path))
+        service_where[full_name] = (raw, name)
     _check_conflicts(p, records, service_where, where)
     p.raise_if_any()
     return Zone(apex=apex, soa=soa, records=tuple(records), services=tuple(services), source=source)

@@ -13,6 +13,11 @@ from ipaddress import IPv4Address, IPv6Address
 IPAddress = IPv4Address | IPv6Address
 
 
+def fqdn(name: str) -> str:
+    """``name`` as this package keeps names: lower-cased, absolute, ending with a dot."""
+    return name.strip().lower().rstrip(".") + "."
+
+
 class RType(enum.IntEnum):
     """DNS record types the zone files may hold (and ANY, which queries may ask for)."""
 

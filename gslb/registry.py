@@ -25,6 +25,7 @@ from gslb.model import (
     IPAddress,
     Service,
     Zone,
+    fqdn,
 )
 from gslb.snapshot import (
     EndpointView,
@@ -243,13 +244,17 @@ class Registry:
                 return apex
         raise NotFound(f"no service {service}")
 
-    def _require_pool(self, service: str, pool: str) -> Service:
-        name = service.strip().lower().rstrip(".") + "."
-        svc = self._find_service(name)
+    def _service_named(self, service: str) -> Service:
+        """The service of that name, as a client may spell it (any case, dot or not)."""
+        svc = self._find_service(fqdn(service))
         if svc is None:
-            raise NotFound(f"no service {name.rstrip('.')}")
+            raise NotFound(f"no service {fqdn(service).rstrip('.')}")
+        return svc
+
+    def _require_pool(self, service: str, pool: str) -> Service:
+        svc = self._service_named(service)
         if svc.pool(pool) is None:
-            raise NotFound(f"no pool {pool} in service {name.rstrip('.')}")
+            raise NotFound(f"no pool {pool} in service {svc.name.rstrip('.')}")
         return svc
 
     def _endpoints(self, service: Service, pool: str) -> dict[Key, Endpoint]:
@@ -268,10 +273,8 @@ class Registry:
     def _find_ref(
         self, service: str, pool: str | None, address: IPAddress, port: int | None
     ) -> EndpointRef:
-        name = service.strip().lower().rstrip(".") + "."
-        svc = self._find_service(name)
-        if svc is None:
-            raise NotFound(f"no service {name.rstrip('.')}")
+        svc = self._service_named(service)
+        name = svc.name
         pools = [pool] if pool is not None else [p.name for p in svc.pools]
         for candidate in pools:
             if svc.pool(candidate) is None:

@@ -43,7 +43,7 @@ from gslb.config import check_name, parse_address
 from gslb.engine.answer import answer
 from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.errors import ConfigError, Conflict, NotFound, RequestError, StoreError
-from gslb.model import Endpoint, IPAddress, RType
+from gslb.model import Endpoint, IPAddress, RType, fqdn
 from gslb.registry import Registry
 
 log = logging.getLogger("gslb.api")
@@ -136,11 +136,11 @@ async def list_services(request: web.Request) -> web.Response:
 async def get_service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     registry = request.app[REGISTRY]
-    fqdn = name.strip().lower().rstrip(".") + "."
+    wanted = fqdn(name)
     snapshot = registry.snapshot
-    found = await asyncio.to_thread(views.find_service_json, snapshot, fqdn, registry.check_note)
+    found = await asyncio.to_thread(views.find_service_json, snapshot, wanted, registry.check_note)
     if found is None:
-        raise NotFound(f"no service {views.display_name(fqdn)}")
+        raise NotFound(f"no service {views.display_name(wanted)}")
     return web.json_response(found)
 
 
@@ -154,7 +154,7 @@ async def explain(request: web.Request) -> web.Response:
     name = query.get("name", "").strip()
     if not name:
         raise RequestError("name: required, e.g. www.gslb.example.com", "name")
-    qname = name.lower().rstrip(".") + "."
+    qname = fqdn(name)
     qtype_text = query.get("type", "A").upper()
     try:
         qtype: RType | int = RType[qtype_text] if not qtype_text.isdigit() else int(qtype_text)

@@ -81,8 +81,10 @@ def least_loaded(members: list[tuple[EndpointView, float]], ctx: Context) -> lis
 
 
 def fastest(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
-    rtt = {id(c): c.health.rtt if c.health.rtt is not None else math.inf for c, _ in members}
-    return sorted(_sticky_order(members, ctx), key=lambda c: rtt[id(c)])
+    return sorted(
+        _sticky_order(members, ctx),
+        key=lambda c: c.health.rtt if c.health.rtt is not None else math.inf,
+    )
 
 
 def fill(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:

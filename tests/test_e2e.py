@@ -243,29 +243,40 @@ def test_user_story(story: dict[str, object]) -> None:
     assert www_addresses(dns_port) == set(EU)
 
 
-def readme_examples() -> list[tuple[list[str], list[str]]]:
-    """(command, expected output) pairs from the README's 'Routing by example' block."""
+def readme_examples(heading: str) -> list[tuple[str, list[str]]]:
+    """(command, expected output) pairs from the console block under a README heading."""
     text = (ROOT / "README.md").read_text()
-    block = text.split("### Routing by example", 1)[1].split("```console", 1)[1].split("```", 1)[0]
-    examples: list[tuple[list[str], list[str]]] = []
+    block = text.split(f"### {heading}\n", 1)[1].split("```console", 1)[1].split("```", 1)[0]
+    examples: list[tuple[str, list[str]]] = []
     for line in block.strip().splitlines():
         if line.startswith("$ "):
-            examples.append((line[2:].split(), []))
+            examples.append((line[2:], []))
         else:
             examples[-1][1].append(line.rstrip())
     return examples
 
 
-def test_readme_routing_examples(story: dict[str, object]) -> None:
+@pytest.mark.parametrize("heading", ["Routing by example", "Policies by example"])
+def test_readme_examples(story: dict[str, object], heading: str) -> None:
+    """Each command of the README block runs in a shell against a real server (its ports
+    put in place of the documented 5353 and 8053) and prints exactly what is shown;
+    a command ending in ``&`` is started in the background."""
     state = story["state"]
     assert isinstance(state, Path)
     gslb, dns_port, api_port = start_gslb(state)
     story["gslb"] = gslb
-    examples = readme_examples()
+    examples = readme_examples(heading)
     assert len(examples) >= 5
-    for command, expected in examples:
-        args = [str(dns_port) if arg == "5353" else arg for arg in command]
-        if args[0] == "gslb":
-            args = [str(GSLB), *args[1:], "--api", f"http://127.0.0.1:{api_port}"]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=True).stdout
-        assert out.rstrip().splitlines() == expected, " ".join(command)
+    for n, (command, expected) in enumerate(examples):
+        line = command.replace("-p 5353", f"-p {dns_port}").replace(
+            "localhost:8053", f"localhost:{api_port}")
+        if line.startswith("gslb "):
+            line = f"{GSLB} {line[5:]} --api http://127.0.0.1:{api_port}"
+        if line.endswith("&"):
+            story[f"background {n}"] = Process.start(
+                ["bash", "-c", "exec " + line.rstrip("& ")], "listening")
+            continue
+        out = subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, timeout=30, check=True, cwd=ROOT
+        ).stdout
+        assert out.rstrip().splitlines() == expected, command

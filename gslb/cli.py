@@ -1,7 +1,11 @@
-"""The ``gslb`` command: serve, check, status.
+"""The ``gslb`` command: serve, check, status, explain, register, heartbeat, deregister.
 
 Every flag of ``serve`` can also be given as an environment variable GSLB_<NAME>
 (``--dns`` as GSLB_DNS, ``--token`` as GSLB_TOKEN, ...); a flag wins over the variable.
+The API commands read GSLB_API_URL and GSLB_TOKEN.
+
+Exit codes: 0 done; 1 refused (invalid zone files, or the API answered with an error);
+2 wrong usage; 3 the API could not be reached.
 """
 
 from __future__ import annotations
@@ -14,16 +18,14 @@ import logging
 import os
 import signal
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gslb.apiclient import ApiClient
 from gslb.config import load_zones
 from gslb.daemon import Gslb, Settings
-from gslb.errors import ConfigError, GslbError
+from gslb.errors import ConfigError, GslbError, Unreachable
 
 log = logging.getLogger("gslb")
 
@@ -65,30 +67,73 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--zones", type=Path, default=Path(_env("zones", "zones") or "zones"))
 
     status = sub.add_parser("status", help="show services, pools, endpoints and their health")
-    status.add_argument("--api", default=_env("api_url", "http://127.0.0.1:8053"),
-                        help="API URL (default: http://127.0.0.1:8053)")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    _api_flags(status)
 
     explain = sub.add_parser("explain", help="the answer a client gets for a name, and why")
     explain.add_argument("name", help="the name asked, e.g. www.gslb.example.com")
     explain.add_argument("--client", required=True, help="the asking resolver or client address")
     explain.add_argument("--ecs", help="an EDNS Client Subnet, e.g. 198.51.100.0/24")
     explain.add_argument("--type", default="A", help="query type (default: A)")
-    explain.add_argument("--api", default=_env("api_url", "http://127.0.0.1:8053"),
-                         help="API URL (default: http://127.0.0.1:8053)")
-    explain.add_argument("--json", action="store_true", help="print the raw JSON")
+    _api_flags(explain)
+
+    register = sub.add_parser("register", help="add or refresh an endpoint (POST /register)")
+    _endpoint_flags(register, pool_required=True)
+    register.add_argument("--weight", type=int, help="weight, 0-10000 (default 100)")
+    register.add_argument("--heartbeat-timeout", type=float,
+                          help="seconds without a heartbeat before the endpoint is down")
+    register.add_argument("--cap", type=float, help="load (0-1) above which it is skipped")
+    _api_flags(register)
+
+    heartbeat = sub.add_parser("heartbeat", help="report an endpoint alive or draining")
+    _endpoint_flags(heartbeat, pool_required=False)
+    heartbeat.add_argument("--status", choices=["alive", "draining"], default="alive")
+    heartbeat.add_argument("--load", type=float, help="current load, 0.0-1.0")
+    _api_flags(heartbeat)
+
+    deregister = sub.add_parser("deregister", help="remove an endpoint (POST /deregister)")
+    _endpoint_flags(deregister, pool_required=True)
+    _api_flags(deregister)
     return parser
+
+
+def _api_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=_env("api_url", "http://127.0.0.1:8053"),
+                        help="API URL (default: http://127.0.0.1:8053; GSLB_API_URL)")
+    parser.add_argument("--token", default=_env("token", None),
+                        help="bearer token for writes (GSLB_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def _endpoint_flags(parser: argparse.ArgumentParser, pool_required: bool) -> None:
+    parser.add_argument("service", help="the service name, e.g. www.gslb.example.com")
+    parser.add_argument("address", help="the endpoint's IPv4 or IPv6 address")
+    parser.add_argument("--pool", required=pool_required, help="the pool (region)")
+    parser.add_argument("--port", type=int, help="the endpoint's port")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.zones)
-    if args.command == "status":
-        return _status(args.api, args.json)
-    if args.command == "explain":
-        return _explain(args)
-    return _serve(args)
+    if args.command == "serve":
+        return _serve(args)
+    command = API_COMMANDS[args.command]
+    try:
+        result = command(ApiClient(args.api, args.token), args)
+    except Unreachable as exc:
+        print(f"gslb: {exc}", file=sys.stderr)
+        return 3
+    except GslbError as exc:
+        print(f"gslb: {exc}", file=sys.stderr)
+        return 1
+    lines = [json.dumps(result, indent=2)] if args.json else PRINTERS[args.command](result)
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `gslb status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def _check(zones: Path) -> int:
@@ -146,75 +191,105 @@ async def _run(settings: Settings) -> None:
         await gslb.stop()
 
 
-def _get(url: str) -> Any:
-    """GET a JSON document; GslbError with the API's own message when it refuses."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        raise GslbError(f"{exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise GslbError(f"cannot read {url}: {exc}") from None
+def _endpoint_body(args: argparse.Namespace, **extra: object) -> dict[str, object]:
+    body: dict[str, object] = {"service": args.service, "address": args.address}
+    for key, value in {"pool": args.pool, "port": args.port, **extra}.items():
+        if value is not None:
+            body[key] = value
+    return body
 
 
-def _explain(args: argparse.Namespace) -> int:
+def _call_status(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.get("/services")
+
+
+def _call_explain(api: ApiClient, args: argparse.Namespace) -> Any:
     query = {"name": args.name, "type": args.type, "client": args.client}
     if args.ecs:
         query["ecs"] = args.ecs
-    try:
-        result = _get(f"{args.api.rstrip('/')}/explain?{urllib.parse.urlencode(query)}")
-    except GslbError as exc:
-        print(f"gslb: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
+    return api.get("/explain", query)
+
+
+def _call_register(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.post("/register", _endpoint_body(
+        args, weight=args.weight, heartbeat_timeout=args.heartbeat_timeout, cap=args.cap))
+
+
+def _call_heartbeat(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.post("/heartbeat", _endpoint_body(args, status=args.status, load=args.load))
+
+
+def _call_deregister(api: ApiClient, args: argparse.Namespace) -> Any:
+    return api.post("/deregister", _endpoint_body(args))
+
+
+API_COMMANDS: dict[str, Callable[[ApiClient, argparse.Namespace], Any]] = {
+    "status": _call_status,
+    "explain": _call_explain,
+    "register": _call_register,
+    "heartbeat": _call_heartbeat,
+    "deregister": _call_deregister,
+}
+
+
+def _explain_lines(result: Any) -> list[str]:
     client = result["client"]
     geo = client["geo"]
     where = "no GeoIP" if geo is None else (
         f"{geo['country']}/{geo['continent']} (network /{geo['prefix']})" if geo["found"]
         else f"unknown location (network /{geo['prefix']})")
     ecs = f", ECS {client['ecs']}" if client["ecs"] else ""
-    print(f"{result['name']} {result['type']} from {client['address']}{ecs}: {where}")
-    for line in result["trace"]:
-        print(f"  {line}")
-    print(f"{result['rcode']}, scope {result['scope']}" if result["scope"] is not None
-          else result["rcode"])
-    for record in result["answer"]:
-        print(f"  {record['name']} {record['ttl']} {record['type']} {record['data']}")
-    return 0
+    lines = [f"{result['name']} {result['type']} from {client['address']}{ecs}: {where}"]
+    lines += [f"  {line}" for line in result["trace"]]
+    lines.append(f"{result['rcode']}, scope {result['scope']}" if result["scope"] is not None
+                 else result["rcode"])
+    lines += [f"  {r['name']} {r['ttl']} {r['type']} {r['data']}" for r in result["answer"]]
+    return lines
 
 
-def _status(api: str, raw: bool) -> int:
-    try:
-        services = _get(f"{api.rstrip('/')}/services")
-    except GslbError as exc:
-        print(f"gslb: {exc}", file=sys.stderr)
-        return 1
-    if raw:
-        print(json.dumps(services, indent=2))
-        return 0
-    rows = [("SERVICE", "POOL", "PRIO", "ENDPOINT", "WEIGHT", "STATE", "LAST CHECK")]
+def _endpoint_name(endpoint: Any) -> str:
+    address = str(endpoint["address"])
+    if endpoint.get("port") is None:
+        return address
+    return f"[{address}]:{endpoint['port']}" if ":" in address else f"{address}:{endpoint['port']}"
+
+
+def _endpoint_lines(result: Any) -> list[str]:
+    state = (result.get("health") or {}).get("state")
+    where = f"{result['service']} pool {result['pool']}" if result.get("pool") else result["service"]
+    return [f"{_endpoint_name(result)} in {where}" + (f": {state}" if state else "")]
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
+
+
+def _status_lines(services: Any) -> list[str]:
+    rows: list[tuple[str, ...]] = [
+        ("SERVICE", "POOL", "PRIO", "ENDPOINT", "WEIGHT", "STATE", "LAST CHECK")]
     for service in services:
         for pool in service["pools"]:
             if not pool["endpoints"]:
                 rows.append((service["name"], pool["name"], str(pool["priority"]), "-", "", "", ""))
             for ep in pool["endpoints"]:
-                address = ep["address"] if ep.get("port") is None else f"{ep['address']}:{ep['port']}"
-                last = (ep.get("health") or {}).get("last_check") or {}
+                health = ep.get("health") or {}
+                last = health.get("last_check") or {}
                 rows.append((
-                    service["name"], pool["name"], str(pool["priority"]), address,
-                    str(ep["weight"]), (ep.get("health") or {}).get("state", "?"),
-                    str(last.get("result", "")),
+                    service["name"], pool["name"], str(pool["priority"]), _endpoint_name(ep),
+                    str(ep["weight"]), str(health.get("state", "?")), str(last.get("result", "")),
                 ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
-    return 0
+    return _table(rows)
+
+
+PRINTERS: dict[str, Callable[[Any], list[str]]] = {
+    "status": _status_lines,
+    "explain": _explain_lines,
+    "register": _endpoint_lines,
+    "heartbeat": _endpoint_lines,
+    "deregister": _endpoint_lines,
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,8 @@
     ├── RequestError      a change request is invalid (names the offending field)
     ├── NotFound          the service, pool or endpoint does not exist
     ├── Conflict          the change contradicts the current state
-    └── StoreError        the state store could not be read or written
+    ├── StoreError        the state store could not be read or written
+    └── Unreachable       the API of a GSLB instance did not answer (command line)
 """
 
 from __future__ import annotations
@@ -44,3 +45,7 @@ class Conflict(GslbError):
 
 class StoreError(GslbError):
     """The state store failed."""
+
+
+class Unreachable(GslbError):
+    """The GSLB API could not be reached."""

@@ -280,3 +280,14 @@ def test_readme_examples(story: dict[str, object], heading: str) -> None:
             ["bash", "-c", line], capture_output=True, text=True, timeout=30, check=True, cwd=ROOT
         ).stdout
         assert out.rstrip().splitlines() == expected, command
+
+
+def test_failover_demo_script_runs_the_story_in_under_a_minute() -> None:
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "failover_demo.py")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().endswith("ok: the whole story ran")
+    print(f"examples/failover_demo.py took {time.monotonic() - start:.1f} s")

@@ -23,9 +23,13 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.run-deps
 	$(BIN)/gslb serve $(ARGS)
 
+# dig for the end-to-end tests, chromium for the dashboard test
 system-test-deps:
-	@command -v dig >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bind9-dnsutils; }
+	@missing=""; \
+	command -v dig >/dev/null || missing="$$missing bind9-dnsutils"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check gslb tests examples bench

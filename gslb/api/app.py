@@ -32,6 +32,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from ipaddress import ip_address, ip_network
 from typing import Any, NoReturn
 
@@ -76,10 +77,19 @@ def make_app(registry: Registry, token: str | None = None) -> web.Application:
     app.router.add_get("/services/{name}", get_service)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/explain", explain)
+    app.router.add_get("/", dashboard)
     return app
 
 
 # --- handlers -----------------------------------------------------------------------
+
+
+DASHBOARD = resources.files("gslb.api").joinpath("dashboard.html").read_bytes()
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """The operators' page: plain HTML and a little JavaScript reading this API."""
+    return web.Response(body=DASHBOARD, content_type="text/html", charset="utf-8")
 
 
 async def register(request: web.Request) -> web.Response:

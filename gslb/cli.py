@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gslb import logs
 from gslb.apiclient import ApiClient
 from gslb.config import load_zones
 from gslb.daemon import Gslb, Settings
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: the bundled data/gslb-geo.mmdb)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default=_env("log_format", "text"), choices=logs.FORMATS,
+                       help="text (default) or json: one JSON object per line")
 
     check = sub.add_parser("check", help="validate zone files")
     check.add_argument("--zones", type=Path, default=Path(_env("zones", "zones") or "zones"))
@@ -149,11 +152,7 @@ def _check(zones: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(args.log_level, args.log_format)
     if args.token is not None and not args.token.strip():
         print("gslb: --token (GSLB_TOKEN) is empty; give a token or leave it unset",
               file=sys.stderr)

@@ -31,7 +31,9 @@ def test_example_zone_loads_with_every_feature() -> None:
     assert ("ns1.gslb.example.com.", RType.A) in by_type  # glue
     assert ("ns2.gslb.example.com.", RType.A) in by_type
     assert {RType.TXT, RType.MX, RType.CNAME, RType.AAAA} <= {r.rtype for r in zone.records}
-    www, geo = zone.services
+    www, geo, *by_policy = zone.services
+    assert {s.policy.value for s in by_policy} == {
+        "weighted", "round_robin", "least_loaded", "fill", "fastest"}
     assert www.name == "www.gslb.example.com."
     assert geo.check.kind.value == "none" and any(e.cap for p in geo.pools for e in p.endpoints)
     assert www.ttl <= 30

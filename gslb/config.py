@@ -687,6 +687,18 @@ def load_zone_text(text: str, source: str = "") -> Zone:
     return parse_zone(doc, source)
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """The outcome of re-reading the zone files: applied, or refused with every problem."""
+
+    zones: tuple[str, ...] = ()  # the apexes now served (when applied)
+    problems: tuple[str, ...] = ()  # ``file:line: field: message``; any: nothing changed
+
+    @property
+    def applied(self) -> bool:
+        return not self.problems
+
+
 def load_zones(directory: Path) -> list[Zone]:
     """Every ``*.yaml``/``*.yml`` zone file in ``directory``; ConfigError lists all problems."""
     problems: list[str] = []

@@ -196,6 +196,11 @@ class Registry:
             log.info("deleted service %s", full)
             return service
 
+    def source_of(self, name: str) -> str:
+        """``api`` for a service made through the API, else its zone file ("" if unknown)."""
+        found = self.service_spec(name)
+        return "" if found is None else found[0]
+
     def service_spec(self, name: str) -> tuple[str, Mapping[str, Any] | None] | None:
         """Where a served service comes from (a zone file, or ``api``) and, for an API
         service, its definition as PUT; None when it is not served."""
@@ -300,6 +305,14 @@ class Registry:
                                   f"admin state {state.value}")
                 self._publish()
             return ref, endpoint
+
+    def find_endpoint(
+        self, service: str, pool: str, address: IPAddress, port: int | None
+    ) -> EndpointRef:
+        """The endpoint of that pool at ``address`` (and ``port``); NotFound otherwise."""
+        with self._lock:
+            svc = self._require_pool(service, pool)
+            return self._find_ref(svc.name, pool, address, port, exact=True)
 
     def notes(self, ref: EndpointRef) -> EndpointNotes:
         with self._lock:

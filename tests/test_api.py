@@ -198,6 +198,8 @@ def test_register_is_created_then_idempotent(api: Api) -> None:
         "weight": 50,
         "heartbeat_timeout": 10.0,
         "cap": None,
+        "lease": None,
+        "check": None,
         "source": "registered",
     }
     again = api.post("/register", reg(A, port=8080, weight=50, heartbeat_timeout=10))

@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make serve   installs what is missing and runs the GSLB on zones/example.yaml
-#   make test    installs what is missing (Python packages, dig) and runs the whole suite
+#   make test    installs what is missing (Python packages, dig, dnsperf) and runs the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,6 +27,7 @@ serve: $(VENV)/.run-deps
 system-test-deps:
 	@missing=""; \
 	command -v dig >/dev/null || missing="$$missing bind9-dnsutils"; \
+	command -v dnsperf >/dev/null || missing="$$missing dnsperf"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi

@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="state store: a SQLite file (default: data/state.sqlite)")
     serve.add_argument("--token", default=_env("token", None),
                        help="bearer token required for API writes (default: none)")
+    serve.add_argument("--read-token", default=_env("read_token", None),
+                       help="bearer token required for API reads (default: reads are open)")
+    serve.add_argument("--admin-token", default=_env("admin_token", None),
+                       help="bearer token for managing services, admin states and reloads "
+                            "(default: the --token)")
     serve.add_argument("--geoip", default=_env("geoip", "data/gslb-geo.mmdb"),
                        help="MaxMind City or Country database; 'none' for no GeoIP "
                             "(default: the bundled data/gslb-geo.mmdb)")
@@ -153,12 +158,16 @@ def _check(zones: Path) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     logs.setup(args.log_level, args.log_format)
-    if args.token is not None and not args.token.strip():
-        print("gslb: --token (GSLB_TOKEN) is empty; give a token or leave it unset",
-              file=sys.stderr)
-        return 2
+    for flag, value in (("token", args.token), ("read-token", args.read_token),
+                        ("admin-token", args.admin_token)):
+        if value is not None and not value.strip():
+            variable = "GSLB_" + flag.upper().replace("-", "_")
+            print(f"gslb: --{flag} ({variable}) is empty; give a token or leave it unset",
+                  file=sys.stderr)
+            return 2
     settings = Settings(
         zones=args.zones, dns=args.dns, api=args.api, state=args.state, token=args.token,
+        read_token=args.read_token, admin_token=args.admin_token,
         geoip=None if args.geoip.lower() == "none" else Path(args.geoip),
     )
     try:

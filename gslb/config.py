@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from gslb.model import (
     Endpoint,
     HealthCheck,
     IPAddress,
+    IPNetwork,
     Location,
     MXData,
     NameData,
@@ -229,18 +230,35 @@ def in_zone(name: str, apex: str) -> bool:
 # --- services -----------------------------------------------------------------------
 
 
-def _parse_check(p: _Problems, parent: Any, value: Any, path: str) -> HealthCheck:
+CHECK_FIELDS = (
+    "type", "path", "port", "interval", "timeout", "rise", "fall", "expect",
+    "body", "host", "tls", "tls_verify",
+)
+
+
+def _bool(p: _Problems, m: Any, key: str, path: str, default: bool) -> bool:
+    value = m.get(key, default) if isinstance(m, dict) else default
+    if not isinstance(value, bool):
+        p.add(m, key, _join(path, key), f"must be true or false, not {value!r}")
+        return default
+    return value
+
+
+def _parse_check(
+    p: _Problems, parent: Any, value: Any, path: str, base: HealthCheck | None = None
+) -> HealthCheck:
+    """A check; fields it leaves out come from ``base`` (an endpoint's from its service's)."""
     m = _mapping(p, parent, "check", value, path)
-    _unknown_keys(
-        p, m, ("type", "path", "port", "interval", "timeout", "rise", "fall", "expect"), path
-    )
-    default = HealthCheck()
+    _unknown_keys(p, m, CHECK_FIELDS, path)
+    default = base or HealthCheck()
     kind = _enum(p, m, "type", path, CheckKind, default.kind)
     check_path = _str(p, m, "path", path, default.path) or default.path
     if not check_path.startswith("/"):
         p.add(m, "path", _join(path, "path"), "must start with '/'")
-    port = m.get("port")
-    if port is not None:
+    elif any(ord(c) <= 32 or ord(c) == 127 for c in check_path):
+        p.add(m, "path", _join(path, "path"), "must not contain spaces or control characters")
+    port = default.port
+    if isinstance(m, dict) and m.get("port") is not None:
         port = _int(p, m, "port", path, 80, 1, 65535)
     interval = _float(p, m, "interval", path, default.interval, 0.05, 3600)
     timeout = _float(p, m, "timeout", path, default.timeout, 0.01, 600)
@@ -258,6 +276,14 @@ def _parse_check(p: _Problems, parent: Any, value: Any, path: str) -> HealthChec
             expect_max = int(match.group(2) or match.group(1))
             if not 100 <= expect_min <= expect_max <= 599:
                 p.add(m, "expect", _join(path, "expect"), "must be within 100-599, low to high")
+    body = _str(p, m, "body", path, default.body)
+    if body is not None and len(body) > 1024:
+        p.add(m, "body", _join(path, "body"), "must be at most 1024 characters")
+    host = _str(p, m, "host", path, default.host)
+    if host is not None:
+        problem = check_name(fqdn(host)) if host.strip() else "must be a host name"
+        if problem:
+            p.add(m, "host", _join(path, "host"), problem)
     return HealthCheck(
         kind=kind,
         path=check_path,
@@ -268,14 +294,51 @@ def _parse_check(p: _Problems, parent: Any, value: Any, path: str) -> HealthChec
         fall=_int(p, m, "fall", path, default.fall, 1, 100),
         expect_min=expect_min,
         expect_max=expect_max,
+        body=body,
+        host=host.strip().lower().rstrip(".") if host else None,
+        tls=_bool(p, m, "tls", path, default.tls),
+        tls_verify=_bool(p, m, "tls_verify", path, default.tls_verify),
     )
 
 
-def _parse_endpoint(p: _Problems, parent: Any, index: int, value: Any, path: str) -> Endpoint | None:
+def parse_check(data: Any, base: HealthCheck | None = None) -> HealthCheck:
+    """A check from JSON-like data (the API's and the store's); ConfigError lists problems
+    as ``check.FIELD: message``."""
+    p = _Problems("")
+    check = _parse_check(p, None, data, "check", base)
+    p.raise_if_any()
+    return check
+
+
+def check_data(check: HealthCheck) -> dict[str, Any]:
+    """``check`` as the data ``parse_check`` reads back into an equal check."""
+    expect = (
+        str(check.expect_min) if check.expect_min == check.expect_max
+        else f"{check.expect_min}-{check.expect_max}"
+    )
+    return {
+        "type": check.kind.value,
+        "path": check.path,
+        "port": check.port,
+        "interval": check.interval,
+        "timeout": check.timeout,
+        "rise": check.rise,
+        "fall": check.fall,
+        "expect": expect,
+        "body": check.body,
+        "host": check.host,
+        "tls": check.tls,
+        "tls_verify": check.tls_verify,
+    }
+
+
+def _parse_endpoint(
+    p: _Problems, parent: Any, index: int, value: Any, path: str, check: HealthCheck
+) -> Endpoint | None:
     if isinstance(value, str):  # shorthand: just the address
         value = {"address": value}
     m = _mapping(p, parent, index, value, path)
-    _unknown_keys(p, m, ("address", "port", "weight", "cap"), path)
+    _unknown_keys(p, m, ("address", "port", "weight", "cap", "check"), path)
     try:
         address = parse_address(m.get("address"))
     except ValueError as exc:
@@ -285,9 +348,21 @@ def _parse_endpoint(p: _Problems, parent: Any, index: int, value: Any, path: str
     if port is not None:
         port = _int(p, m, "port", path, 80, 1, 65535)
     cap = None if m.get("cap") is None else _float(p, m, "cap", path, 1.0, 0.0, 1.0)
+    own = m.get("check")
     return Endpoint(
-        address=address, port=port, weight=_int(p, m, "weight", path, 100, 0, 10000), cap=cap
+        address=address, port=port, weight=_int(p, m, "weight", path, 100, 0, 10000), cap=cap,
+        check=None if own is None else _parse_check(p, m, own, _join(path, "check"), check),
     )
+
+
+def _parse_allow(p: _Problems, m: Any, path: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for item in _list(m.get("allow")):
+        try:
+            networks.append(ip_network(str(item).strip(), strict=True))
+        except ValueError as exc:
+            p.add(m, "allow", _join(path, "allow"), f"{item!r} is not a network: {exc}")
+    return tuple(networks)
 
 
 def _parse_location(p: _Problems, parent: Any, value: Any, path: str) -> Location | None:
@@ -317,11 +392,14 @@ def _codes(p: _Problems, m: Any, key: str, path: str, valid: Any) -> frozenset[s
     return frozenset(codes)
 
 
-def _parse_pool(p: _Problems, parent: Any, name: Any, value: Any, path: str) -> Pool:
+POOL_FIELDS = ("priority", "weight", "countries", "continents", "location", "endpoints", "allow")
+
+
+def _parse_pool(
+    p: _Problems, parent: Any, name: Any, value: Any, path: str, check: HealthCheck
+) -> Pool:
     m = _mapping(p, parent, name, value, path)
-    _unknown_keys(
-        p, m, ("priority", "weight", "countries", "continents", "location", "endpoints"), path
-    )
+    _unknown_keys(p, m, POOL_FIELDS, path)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         p.add(parent, name, path, "pool names are 1-64 letters, digits, '.', '_' or '-'")
     endpoints: list[Endpoint] = []
@@ -329,7 +407,7 @@ def _parse_pool(p: _Problems, parent: Any, name: Any, value: Any, path: str) -> 
     seq = raw if isinstance(raw, list) else _list(raw)
     seen: set[tuple[IPAddress, int | None]] = set()
     for i, item in enumerate(seq):
-        endpoint = _parse_endpoint(p, seq, i, item, f"{_join(path, 'endpoints')}[{i}]")
+        endpoint = _parse_endpoint(p, seq, i, item, f"{_join(path, 'endpoints')}[{i}]", check)
         if endpoint is None:
             continue
         if endpoint.key in seen:
@@ -345,11 +423,11 @@ def _parse_pool(p: _Problems, parent: Any, name: Any, value: Any, path: str) -> 
         continents=_codes(p, m, "continents", path, CONTINENTS.__contains__),
         location=_parse_location(p, m, m.get("location"), _join(path, "location")),
         endpoints=tuple(endpoints),
+        allow=_parse_allow(p, m, path),
     )
 
 
 SERVICE_FIELDS = ("ttl", "answers", "policy", "all_down", "check", "pools")
-
 
 
 def _parse_service(p: _Problems, parent: Any, full_name: str, value: Any, path: str) -> Service:
@@ -357,9 +435,10 @@ def _parse_service(p: _Problems, parent: Any, full_name: str, value: Any, path: 
     _unknown_keys(p, m, SERVICE_FIELDS, path)
     policy = _enum(p, m, "policy", path, Policy, Policy.STICKY)
     all_down = _enum(p, m, "all_down", path, AllDown, AllDown.OPEN)
+    check = _parse_check(p, m, m.get("check"), _join(path, "check"))
     pools_raw = _mapping(p, m, "pools", m.get("pools"), _join(path, "pools"))
     pools = tuple(
-        _parse_pool(p, pools_raw, name, pool, _join(_join(path, "pools"), name))
+        _parse_pool(p, pools_raw, name, pool, _join(_join(path, "pools"), name), check)
         for name, pool in pools_raw.items()
     )
     return Service(
@@ -368,7 +447,7 @@ def _parse_service(p: _Problems, parent: Any, full_name: str, value: Any, path: 
         answers=_int(p, m, "answers", path, 2, 1, 64),
         policy=policy,
         all_down=all_down,
-        check=_parse_check(p, m, m.get("check"), _join(path, "check")),
+        check=check,
         pools=pools,
     )
 
@@ -606,6 +685,18 @@ def load_zone_text(text: str, source: str = "") -> Zone:
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{source}{line}: invalid YAML: {reason}"]) from None
     return parse_zone(doc, source)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """The outcome of re-reading the zone files: applied, or refused with every problem."""
+
+    zones: tuple[str, ...] = ()  # the apexes now served (when applied)
+    problems: tuple[str, ...] = ()  # ``file:line: field: message``; any: nothing changed
+
+    @property
+    def applied(self) -> bool:
+        return not self.problems
 
 
 def load_zones(directory: Path) -> list[Zone]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gslb.api.app import make_app
-from gslb.config import load_zones
+from gslb.config import ReloadReport, load_zones
 from gslb.dns.server import DnsServer
 from gslb.errors import ConfigError, StoreError
 from gslb.geoip import GeoSource
@@ -36,6 +36,8 @@ class Settings:
     api: tuple[str, int] = ("127.0.0.1", 8053)
     state: str = "data/state.sqlite"
     token: str | None = None
+    read_token: str | None = None  # set: reads need it (or a write/admin token)
+    admin_token: str | None = None  # set: service management needs it instead of ``token``
     geoip: Path | None = BUNDLED_GEOIP  # None: no GeoIP; geo rules then never match
 
 
@@ -82,7 +84,14 @@ class Gslb:
         self.dns_port = await self._dns.start(host, port)
         log.info("dns listening on %s (udp, tcp)", _join(host, self.dns_port))
 
-        self._runner = web.AppRunner(make_app(registry, self.settings.token), access_log=None)
+        app = make_app(
+            registry,
+            self.settings.token,
+            read_token=self.settings.read_token,
+            admin_token=self.settings.admin_token,
+            reload=self.reload,
+        )
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = self.settings.api
         site = web.TCPSite(self._runner, host, port)
@@ -93,19 +102,19 @@ class Gslb:
             "serving %d zone(s): %s", len(zones), ", ".join(z.apex for z in zones)
         )
 
-    def reload(self) -> bool:
-        """Re-read the zone files and the GeoIP database; what fails to load changes
-        nothing. Returns whether everything applied."""
+    def reload(self) -> ReloadReport:
+        """Re-read the zone files and the GeoIP database (on SIGHUP and ``POST /reload``);
+        what fails to load changes nothing, and the report lists every problem."""
         assert self.registry is not None
-        applied = self.reload_geoip()
+        self.reload_geoip()  # reports its own failure; the old database keeps serving
         try:
             zones = load_zones(self.settings.zones)
         except ConfigError as exc:
             log.error("reload refused, zones unchanged:\n%s", exc)
-            return False
+            return ReloadReport(problems=tuple(exc.problems))
         self.registry.load_zones(zones)
         log.info("reloaded %d zone(s)", len(zones))
-        return applied
+        return ReloadReport(zones=tuple(zone.apex for zone in zones))
 
     def reload_geoip(self) -> bool:
         if self._geo is None or self.registry is None:

@@ -3,6 +3,7 @@
     GslbError
     ├── ConfigError       a zone file or setting is invalid (carries every problem found)
     ├── RequestError      a change request is invalid (names the offending field)
+    ├── Forbidden         the change is not allowed (an address outside a pool's allow list)
     ├── NotFound          the service, pool or endpoint does not exist
     ├── Conflict          the change contradicts the current state
     ├── StoreError        the state store could not be read or written
@@ -33,6 +34,10 @@ class RequestError(GslbError):
     def __init__(self, message: str, field: str | None = None) -> None:
         self.field = field
         super().__init__(message)
+
+
+class Forbidden(GslbError):
+    """Not allowed."""
 
 
 class NotFound(GslbError):

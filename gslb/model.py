@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 
 
 def fqdn(name: str) -> str:
@@ -99,6 +100,7 @@ class CheckKind(enum.Enum):
     HTTP = "http"  # GET <path>, status within the expected range
     TCP = "tcp"  # a TCP connect succeeds
     NONE = "none"  # never probed, always up (static pools)
+    HEARTBEAT = "heartbeat"  # never probed: up only while heartbeats arrive (push-only)
 
 
 class Policy(enum.Enum):
@@ -131,6 +133,15 @@ class HealthCheck:
     fall: int = 2
     expect_min: int = 200
     expect_max: int = 399
+    body: str | None = None  # HTTP: the response body must contain this text
+    host: str | None = None  # HTTP: the Host header (and the TLS server name)
+    tls: bool = False  # HTTP: over TLS (https)
+    tls_verify: bool = True  # HTTPS: verify the certificate (and the name, when ``host`` is set)
+
+    @property
+    def probed(self) -> bool:
+        """Whether the prober runs this check (``none`` and ``heartbeat`` it never does)."""
+        return self.kind is CheckKind.HTTP or self.kind is CheckKind.TCP
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +154,8 @@ class Endpoint:
     registered: bool = False  # came from POST /register (persisted), not from a zone file
     heartbeat_timeout: float | None = None  # set: down when heartbeats stop for this long
     cap: float | None = None  # load (0-1) above which it takes no new clients (fill, sticky)
+    check: HealthCheck | None = None  # overrides the service's check for this endpoint
+    lease: float | None = None  # registered: removed unless heartbeats come within this many s
 
     @property
     def key(self) -> tuple[IPAddress, int | None]:
@@ -177,6 +190,10 @@ class Pool:
     continents: frozenset[str] = frozenset()
     location: Location | None = None
     endpoints: tuple[Endpoint, ...] = ()
+    allow: tuple[IPNetwork, ...] = ()  # networks that POST /register may add addresses from
+
+    def allows(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.allow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +213,10 @@ class Service:
             if pool.name == name:
                 return pool
         return None
+
+    def check_of(self, endpoint: Endpoint) -> HealthCheck:
+        """The check that applies to ``endpoint``: its own, else the service's."""
+        return endpoint.check if endpoint.check is not None else self.check
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +261,11 @@ class EndpointRef:
 
 
 class AdminState(enum.Enum):
-    ENABLED = "enabled"
-    DRAIN = "drain"  # no new answers, stays registered
-    DISABLED = "disabled"
+    """An operator's override, which wins over what checks and heartbeats observe."""
+
+    ENABLED = "enabled"  # answered when healthy
+    DRAIN = "drain"  # no new answers, stays registered (answered only when failing open)
+    DISABLED = "disabled"  # never answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,3 +295,24 @@ class Health:
     def serving(self) -> bool:
         """Eligible for new answers: up and neither draining nor disabled."""
         return self.up and not self.draining and self.admin is AdminState.ENABLED
+
+    @property
+    def state(self) -> str:
+        """One word for the state: an operator's override wins over observations."""
+        if self.admin is AdminState.DISABLED:
+            return "disabled"
+        if not self.up:
+            return "down"
+        if self.draining or self.admin is AdminState.DRAIN:
+            return "draining"
+        return "up"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of an endpoint's state, as kept in its history."""
+
+    at: float
+    old: str
+    new: str
+    reason: str

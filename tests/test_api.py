@@ -198,6 +198,8 @@ def test_register_is_created_then_idempotent(api: Api) -> None:
         "weight": 50,
         "heartbeat_timeout": 10.0,
         "cap": None,
+        "lease": None,
+        "check": None,
         "source": "registered",
     }
     again = api.post("/register", reg(A, port=8080, weight=50, heartbeat_timeout=10))
@@ -280,7 +282,6 @@ def test_heartbeat_of_unregistered_endpoint_is_404(api: Api) -> None:
     ("path", "body"),
     [
         ("/register", {"service": "nope.gslb.example.com", "pool": "eu-west", "address": A}),
-        ("/register", {"service": "www.elsewhere.org", "pool": "eu-west", "address": A}),
         ("/register", reg(A, pool="mars")),
         ("/deregister", reg(A, pool="mars")),
         ("/deregister", {"service": "nope.gslb.example.com", "pool": "eu-west", "address": A}),
@@ -458,13 +459,15 @@ def test_services_listing_shape(api: Api) -> None:
     assert service == api.get(f"/services/{WWW}.").body  # the dot is optional
     assert service["name"] == WWW
     assert service["zone"] == "gslb.example.com"
+    assert service["source"].endswith("example.yaml")
     assert service["ttl"] == 20
     assert service["answers"] == 2
     assert service["policy"] == "sticky"
     assert service["all_down"] == "open"
     assert service["check"] == {
         "type": "http", "path": "/health", "port": None, "interval": 1.0, "timeout": 0.5,
-        "rise": 2, "fall": 2, "expect": "200-399",
+        "rise": 2, "fall": 2, "expect": "200-399", "body": None, "host": None, "tls": False,
+        "tls_verify": True,
     }
     eu, us = service["pools"]
     assert eu["name"] == "eu-west"
@@ -472,6 +475,7 @@ def test_services_listing_shape(api: Api) -> None:
     assert eu["countries"] == ["DE", "FR", "GB", "IE", "NL"]
     assert eu["continents"] == ["AF", "EU"]
     assert eu["location"] == {"lat": 53.35, "lon": -6.26}
+    assert eu["allow"] == ["127.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"]
     assert (us["name"], us["priority"], us["endpoints"]) == ("us-east", 2, [])
     (endpoint,) = eu["endpoints"]
     assert endpoint == {
@@ -480,14 +484,21 @@ def test_services_listing_shape(api: Api) -> None:
         "weight": 100,
         "heartbeat_timeout": None,
         "cap": None,
+        "lease": None,
+        "check": None,
         "source": "registered",
         "health": {
             "up": True,
             "state": "up",
+            "admin": "enabled",
             "since": None,
             "heartbeat": None,
+            "last_heartbeat": None,
+            "lease_until": None,
             "load": None,
+            "rtt_ms": 12.3,
             "confirmed": False,
+            "history": [],
             "last_check": {
                 "result": "HTTP 200",
                 "ok": True,

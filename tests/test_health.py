@@ -82,6 +82,7 @@ class HealthServer:
         self.status = status
         self.paths: list[str] = []  # every request's path, in order
         self.statuses: list[int] = []  # and the status it was answered with
+        self.times: list[float] = []  # and when it came (time.monotonic())
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -95,6 +96,7 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
                 status = owner.status
+                owner.times.append(time.monotonic())
                 owner.paths.append(self.path.split("?", 1)[0])
                 owner.statuses.append(status)
                 body = b"ok\n" if status < 400 else b"bad\n"

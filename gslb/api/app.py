@@ -3,21 +3,35 @@
 ``make_app(registry, token)`` builds the aiohttp application without I/O; the caller
 starts it with ``AppRunner``/``TCPSite`` beside the DNS listeners. JSON in and out:
 
-    POST /register     {"service", "pool", "address", "port"?, "weight"?, "heartbeat_timeout"?,
-                        "cap"?: 0.0-1.0}
-                       201 with the endpoint when new, 200 when it existed
+    POST /register     {"service", "pool", "address", "port"?, "weight"?: 0-10000,
+                        "heartbeat_timeout"?, "cap"?: 0.0-1.0, "check"?: {...}, "lease"?}
+                       201 with the endpoint when new, 200 when it existed; the address
+                       must be inside the pool's ``allow`` networks (403 otherwise)
     POST /heartbeat    {"service", "pool"?, "address", "port"?, "status": "alive" | "draining",
                         "load"?: 0.0-1.0}  200 with the endpoint and its health
     POST /deregister   {"service", "pool", "address", "port"?}  200 with the removed endpoint
     GET  /services     every service, its pools, endpoints and their health
     GET  /services/{name}
+    PUT  /services/{name}     create or replace a service (a zone file's service shape)
+    DELETE /services/{name}   remove a service made through the API
+    GET  /services/{name}/pools/{pool}/endpoints/{endpoint}   one endpoint
+    PUT  /services/{name}/pools/{pool}/endpoints/{endpoint}   {"admin": "enabled" |
+                       "drain" | "disabled"}; {endpoint} is ADDRESS, ADDRESS:PORT or [V6]:PORT
+    POST /reload       re-read the zone files: 200 with the zones, or 400 with every
+                       problem (and nothing changed)
     GET  /healthz      {"status": "ok", "generation", "zones"}
     GET  /explain?name=N&type=A&client=IP[&ecs=NET][&id=N]  the answer and why
+    GET  /openapi.json the OpenAPI document of these routes
+    GET  /             the dashboard (HTML and a little JavaScript reading /services)
 
-Writes need ``Authorization: Bearer <token>`` when a token is set; reads never do.
+Tokens (each optional): ``token`` for writes; ``admin_token``, when set, for service
+management (PUT/DELETE services, admin states, reload) instead of ``token``;
+``read_token``, when set, for reads (any of the three then reads). ``/healthz`` and
+``/openapi.json`` are always open. Tokens are compared in constant time.
 Every error is ``{"error": "..."}`` (with ``"field"`` on a 400) and its status: 400 bad
-request, 401 no token, 403 wrong token, 404 unknown, 405 wrong method, 409 conflict,
-413 body too large, 503 the state store failed (nothing was changed), 500 a bug.
+request, 401 no token, 403 wrong token or an address outside the pool's networks, 404
+unknown, 405 wrong method, 409 conflict, 413 body too large, 503 the state store failed
+(nothing was changed), 500 a bug.
 
 Registry calls run in worker threads: a write waits for the store's fsync, and reads
 take the registry's lock for check notes, neither of which may stall the event loop
@@ -27,11 +41,13 @@ that also serves DNS.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hmac
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from ipaddress import ip_address, ip_network
 from typing import Any, NoReturn
@@ -39,45 +55,93 @@ from typing import Any, NoReturn
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from gslb.api import views
-from gslb.config import check_name, parse_address
+from gslb.api import openapi, views
+from gslb.config import ReloadReport, check_name, parse_address, parse_check
 from gslb.engine.answer import answer
 from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
-from gslb.errors import ConfigError, Conflict, NotFound, RequestError, StoreError
-from gslb.model import Endpoint, IPAddress, RType, fqdn
+from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, RequestError, StoreError
+from gslb.model import AdminState, Endpoint, HealthCheck, IPAddress, RType, fqdn
 from gslb.registry import Registry
 
 log = logging.getLogger("gslb.api")
 
+Reloader = Callable[[], ReloadReport]
+
 REGISTRY = web.AppKey("registry", Registry)
+RELOAD: web.AppKey[Reloader] = web.AppKey("reload")
 MAX_BODY = 64 * 1024  # bytes; a larger request body is refused with 413
 MAX_HEARTBEAT_TIMEOUT = 86400.0
+MAX_LEASE = 7 * 86400.0
 
-REGISTER_FIELDS = ("service", "pool", "address", "port", "weight", "heartbeat_timeout", "cap")
+REGISTER_FIELDS = (
+    "service", "pool", "address", "port", "weight", "heartbeat_timeout", "cap", "check", "lease",
+)
 HEARTBEAT_FIELDS = ("service", "pool", "address", "port", "status", "load")
 DEREGISTER_FIELDS = ("service", "pool", "address", "port")
+ADMIN_FIELDS = ("admin",)
 HEARTBEAT_STATUSES = ("alive", "draining")
+ENDPOINT_PATH = "/services/{name}/pools/{pool}/endpoints/{endpoint}"
 
-_SAFE_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS})
+
+class Scope(enum.Enum):
+    """Who may call a route."""
+
+    OPEN = "open"  # anyone: liveness and the API description
+    READ = "read"  # the read token, when one is set
+    WRITE = "write"  # the write token, when one is set: registration and heartbeats
+    ADMIN = "admin"  # the admin token when one is set, else the write token
 
 
-def make_app(registry: Registry, token: str | None = None) -> web.Application:
-    """The API application over ``registry``; writes need ``token`` when it is given."""
-    if token is not None and not token.strip():
-        raise ValueError("the API token must not be empty (pass None for no token)")
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """The bearer tokens the API accepts; None: that kind of access needs none."""
+
+    write: str | None = None
+    read: str | None = None
+    admin: str | None = None
+
+
+def make_app(
+    registry: Registry,
+    token: str | None = None,
+    *,
+    read_token: str | None = None,
+    admin_token: str | None = None,
+    reload: Reloader | None = None,
+) -> web.Application:
+    """The API application over ``registry``. ``reload`` re-reads the zone files (the
+    daemon's); without it ``POST /reload`` answers 503."""
+    tokens = Tokens(token, read_token, admin_token)
+    for name, value in (("token", token), ("read token", read_token),
+                        ("admin token", admin_token)):
+        if value is not None and not value.strip():
+            raise ValueError(f"the API {name} must not be empty (pass None for none)")
+    routes: list[tuple[str, str, Handler, Scope]] = [
+        (hdrs.METH_POST, "/register", register, Scope.WRITE),
+        (hdrs.METH_POST, "/heartbeat", heartbeat, Scope.WRITE),
+        (hdrs.METH_POST, "/deregister", deregister, Scope.WRITE),
+        (hdrs.METH_GET, "/services", list_services, Scope.READ),
+        (hdrs.METH_GET, "/services/{name}", get_service, Scope.READ),
+        (hdrs.METH_PUT, "/services/{name}", put_service, Scope.ADMIN),
+        (hdrs.METH_DELETE, "/services/{name}", delete_service, Scope.ADMIN),
+        (hdrs.METH_GET, ENDPOINT_PATH, get_endpoint, Scope.READ),
+        (hdrs.METH_PUT, ENDPOINT_PATH, put_endpoint, Scope.ADMIN),
+        (hdrs.METH_POST, "/reload", reload_zones, Scope.ADMIN),
+        (hdrs.METH_GET, "/healthz", healthz, Scope.OPEN),
+        (hdrs.METH_GET, "/explain", explain, Scope.READ),
+        (hdrs.METH_GET, "/openapi.json", openapi_json, Scope.OPEN),
+        (hdrs.METH_GET, "/", dashboard, Scope.OPEN),
+    ]
+    scopes = {(method, path): scope for method, path, _, scope in routes}
     app = web.Application(
-        middlewares=[errors_middleware, make_auth_middleware(token)],
+        middlewares=[errors_middleware, make_auth_middleware(tokens, scopes)],
         client_max_size=MAX_BODY,
     )
     app[REGISTRY] = registry
-    app.router.add_post("/register", register)
-    app.router.add_post("/heartbeat", heartbeat)
-    app.router.add_post("/deregister", deregister)
-    app.router.add_get("/services", list_services)
-    app.router.add_get("/services/{name}", get_service)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/explain", explain)
-    app.router.add_get("/", dashboard)
+    if reload is not None:
+        app[RELOAD] = reload
+    for method, path, handler, _ in routes:
+        app.router.add_route(method, path, handler)
     return app
 
 
@@ -94,16 +158,21 @@ async def dashboard(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     body = await read_body(request, REGISTER_FIELDS)
-    service, pool = body.service(), body.string("pool")
+    registry = request.app[REGISTRY]
+    service, pool = body.service(registry), body.string("pool")
+    served = registry.snapshot.service(service)
     endpoint = Endpoint(
         address=body.address(),
         port=body.port(),
         weight=_default(body.integer("weight", 0, 10000), 100),
         heartbeat_timeout=body.duration("heartbeat_timeout", MAX_HEARTBEAT_TIMEOUT),
         cap=body.fraction("cap"),
+        check=body.check(served.service.check if served is not None else HealthCheck()),
+        lease=body.duration("lease", MAX_LEASE),
     )
-    registry = request.app[REGISTRY]
-    saved, created = await asyncio.to_thread(registry.register, service, pool, endpoint)
+    saved, created = await asyncio.to_thread(
+        registry.register, service, pool, endpoint, enforce_allow=True
+    )
     return web.json_response(
         views.registration_json(service, pool, saved), status=201 if created else 200
     )
@@ -111,15 +180,15 @@ async def register(request: web.Request) -> web.Response:
 
 async def heartbeat(request: web.Request) -> web.Response:
     body = await read_body(request, HEARTBEAT_FIELDS)
-    service, pool = body.service(), body.optional_string("pool")
+    registry = request.app[REGISTRY]
+    service, pool = body.service(registry), body.optional_string("pool")
     address, port = body.address(), body.port()
     draining = body.choice("status", HEARTBEAT_STATUSES) == "draining"
     load = body.fraction("load")
-    registry = request.app[REGISTRY]
 
     def beat() -> views.JSON:
         ref = registry.heartbeat(service, pool, address, port, draining, load)
-        found = views.find_endpoint_json(registry.snapshot, ref, registry.check_note)
+        found = views.find_endpoint_json(registry.snapshot, ref, registry.notes)
         if found is None:  # deregistered between the two lines above
             raise NotFound(f"endpoint {ref} was just removed")
         return found
@@ -129,9 +198,9 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def deregister(request: web.Request) -> web.Response:
     body = await read_body(request, DEREGISTER_FIELDS)
-    service, pool = body.service(), body.string("pool")
-    address, port = body.address(), body.port()
     registry = request.app[REGISTRY]
+    service, pool = body.service(registry), body.string("pool")
+    address, port = body.address(), body.port()
     removed = await asyncio.to_thread(registry.deregister, service, pool, address, port)
     return web.json_response(views.registration_json(service, pool, removed))
 
@@ -139,19 +208,127 @@ async def deregister(request: web.Request) -> web.Response:
 async def list_services(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     snapshot = registry.snapshot
-    found = await asyncio.to_thread(views.services_json, snapshot, registry.check_note)
+    found = await asyncio.to_thread(
+        views.services_json, snapshot, registry.notes, registry.source_of
+    )
     return web.json_response(found)
 
 
 async def get_service(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
     registry = request.app[REGISTRY]
-    wanted = fqdn(name)
-    snapshot = registry.snapshot
-    found = await asyncio.to_thread(views.find_service_json, snapshot, wanted, registry.check_note)
+    wanted = fqdn(request.match_info["name"])
+    return web.json_response(await asyncio.to_thread(_service_json, registry, wanted))
+
+
+def _service_json(registry: Registry, name: str) -> views.JSON:
+    found = views.find_service_json(registry.snapshot, name, registry.notes, registry.source_of)
     if found is None:
-        raise NotFound(f"no service {views.display_name(wanted)}")
-    return web.json_response(found)
+        raise NotFound(f"no service {views.display_name(name)}")
+    return found
+
+
+async def put_service(request: web.Request) -> web.Response:
+    """Create or replace a service: the body is a zone file's service, as JSON."""
+    name = _path_name(request)
+    data = await read_json(request)
+    registry = request.app[REGISTRY]
+
+    def put() -> tuple[views.JSON, bool]:
+        _, created = registry.put_service(name, data)
+        return _service_json(registry, name), created
+
+    found, created = await asyncio.to_thread(put)
+    return web.json_response(found, status=201 if created else 200)
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    name = _path_name(request)
+    registry = request.app[REGISTRY]
+    await asyncio.to_thread(registry.delete_service, name)
+    return web.json_response({"deleted": views.display_name(name)})
+
+
+async def get_endpoint(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    name, pool, address, port = _endpoint_path(request)
+
+    def find() -> views.JSON:
+        ref = registry.find_endpoint(name, pool, address, port)
+        found = views.find_endpoint_json(registry.snapshot, ref, registry.notes)
+        if found is None:
+            raise NotFound(f"endpoint {ref} was just removed")
+        return found
+
+    return web.json_response(await asyncio.to_thread(find))
+
+
+async def put_endpoint(request: web.Request) -> web.Response:
+    """Set an endpoint's admin state: enabled, drain or disabled."""
+    registry = request.app[REGISTRY]
+    name, pool, address, port = _endpoint_path(request)
+    body = await read_body(request, ADMIN_FIELDS)
+    state = AdminState(body.choice("admin", tuple(s.value for s in AdminState)))
+
+    def put() -> views.JSON:
+        ref, _ = registry.set_admin(name, pool, address, port, state)
+        found = views.find_endpoint_json(registry.snapshot, ref, registry.notes)
+        if found is None:
+            raise NotFound(f"endpoint {ref} was just removed")
+        return found
+
+    return web.json_response(await asyncio.to_thread(put))
+
+
+async def reload_zones(request: web.Request) -> web.Response:
+    """Re-read the zone files; a bad file changes nothing and every problem is listed."""
+    reloader = request.app.get(RELOAD)
+    if reloader is None:
+        raise ApiError(503, "this server cannot reload zone files")
+    report = await asyncio.to_thread(reloader)
+    if not report.applied:
+        return web.json_response(
+            {"error": "the zone files have errors; nothing was changed",
+             "field": "zones", "problems": list(report.problems)},
+            status=400,
+        )
+    return web.json_response(
+        {"reloaded": True, "zones": [views.display_name(z) for z in report.zones]}
+    )
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(MAX_BODY))
+
+
+def _path_name(request: web.Request) -> str:
+    """The {name} of a path: a valid absolute name."""
+    name = fqdn(request.match_info["name"])
+    problem = check_name(name) if name != "." else "the root is not a service"
+    if problem:
+        raise RequestError(f"name: {problem}", "name")
+    return name
+
+
+def _endpoint_path(request: web.Request) -> tuple[str, str, IPAddress, int | None]:
+    """(service, pool, address, port) of an endpoint path; {endpoint} is ADDRESS,
+    ADDRESS:PORT or [IPV6]:PORT."""
+    text = request.match_info["endpoint"].strip()
+    port_text = None
+    if text.startswith("["):
+        text, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else (rest or None)
+    elif text.count(":") == 1:
+        text, port_text = text.split(":")
+    try:
+        address = ip_address(text)
+    except ValueError:
+        raise RequestError(f"endpoint: {text!r} is not an IP address", "endpoint") from None
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise RequestError(f"endpoint: port {port_text!r} is not 1-65535", "endpoint")
+        port = int(port_text)
+    return _path_name(request), request.match_info["pool"], address, port
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -198,6 +375,12 @@ async def explain(request: web.Request) -> web.Response:
 
 
 async def read_body(request: web.Request, allowed: Iterable[str]) -> Body:
+    """The request's JSON object with only ``allowed`` fields; RequestError names what is
+    wrong with it."""
+    return Body(await read_json(request), allowed)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; RequestError names what is wrong with it."""
     length = request.content_length
     if length is not None and length > request.client_max_size:
@@ -209,7 +392,7 @@ async def read_body(request: web.Request, allowed: Iterable[str]) -> Body:
         raise RequestError(f"body is not valid JSON: {exc}", "body") from None
     if not isinstance(data, dict):
         raise RequestError(f"body must be a JSON object, not {_json_type(data)}", "body")
-    return Body(data, allowed)
+    return data
 
 
 class Body:
@@ -248,14 +431,33 @@ class Body:
             _invalid(key, "must be a non-empty string", value)
         return value.strip()
 
-    def service(self) -> str:
-        """The service name, absolute and lower-cased; accepted with or without the dot."""
+    def service(self, registry: Registry) -> str:
+        """The service name, absolute and lower-cased; accepted with or without the dot.
+        A name outside every served zone is a bad request (inside one, a 404 if unknown)."""
         name = self.string("service").lower()
         name = name if name.endswith(".") else name + "."
         problem = check_name(name) if name != "." else "the root is not a service"
         if problem:
             raise RequestError(f"service: {problem}", "service")
+        snapshot = registry.snapshot
+        if snapshot.find_zone(name) is None:
+            served = ", ".join(sorted(views.display_name(z) for z in snapshot.zones)) or "none"
+            raise RequestError(
+                f"service: {views.display_name(name)} is not inside a served zone "
+                f"(served: {served})", "service")
         return name
+
+    def check(self, base: HealthCheck) -> HealthCheck | None:
+        """The endpoint's own check; what it leaves out comes from the service's."""
+        value = self._get("check", False)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            _invalid("check", "must be an object", value)
+        try:
+            return parse_check(value, base)
+        except ConfigError as exc:
+            raise RequestError("; ".join(exc.problems), _field_of(exc)) from None
 
     def address(self) -> IPAddress:
         try:
@@ -306,6 +508,13 @@ class Body:
         if not math.isfinite(number):
             _invalid(key, "must be a finite number", value)
         return number
+
+
+def _field_of(exc: ConfigError) -> str:
+    """The field a parse problem names: ``check.port: must be ...`` -> ``check.port``."""
+    first = exc.problems[0] if exc.problems else ""
+    field, sep, _ = first.partition(": ")
+    return field if sep and " " not in field else "body"
 
 
 def _default(value: int | None, default: int) -> int:
@@ -361,7 +570,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except RequestError as exc:
         return error_response(400, str(exc), exc.field or "body")
     except ConfigError as exc:
-        return error_response(400, "; ".join(exc.problems) or str(exc), "body")
+        return error_response(400, "; ".join(exc.problems) or str(exc), _field_of(exc))
+    except Forbidden as exc:
+        return error_response(403, str(exc))
     except NotFound as exc:
         return error_response(404, str(exc))
     except Conflict as exc:
@@ -394,21 +605,36 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, exc.reason)
 
 
-def make_auth_middleware(token: str | None) -> Middleware:
-    """Writes need ``Authorization: Bearer <token>`` when ``token`` is set; reads never."""
-    expected = None if token is None else token.strip().encode("utf-8")
+def make_auth_middleware(
+    tokens: Tokens, scopes: Mapping[tuple[str, str], Scope]
+) -> Middleware:
+    """Checks the bearer token a route's scope needs (see the module docstring)."""
+    encoded = {
+        scope: [t.strip().encode("utf-8") for t in accepted if t is not None]
+        for scope, accepted in (
+            (Scope.READ, (tokens.read, tokens.write, tokens.admin) if tokens.read else ()),
+            (Scope.WRITE, (tokens.write, tokens.admin) if tokens.write else ()),
+            (Scope.ADMIN, (tokens.admin,) if tokens.admin else
+             (tokens.write,) if tokens.write else ()),
+        )
+    }
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        routed = request.match_info.http_exception is None  # 404/405 go on to say so
-        if expected is not None and routed and request.method not in _SAFE_METHODS:
-            _authorize(request.headers.get(hdrs.AUTHORIZATION), expected)
+        info = request.match_info
+        if info.http_exception is None:  # 404/405 go on to say so
+            resource = info.route.resource
+            method = hdrs.METH_GET if request.method == hdrs.METH_HEAD else request.method
+            scope = scopes.get((method, resource.canonical if resource else ""), Scope.ADMIN)
+            expected = encoded.get(scope)
+            if expected:
+                _authorize(request.headers.get(hdrs.AUTHORIZATION), expected)
         return await handler(request)
 
     return auth_middleware
 
 
-def _authorize(header: str | None, expected: bytes) -> None:
+def _authorize(header: str | None, expected: list[bytes]) -> None:
     scheme, _, credentials = (header or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise ApiError(
@@ -417,7 +643,10 @@ def _authorize(header: str | None, expected: bytes) -> None:
             {hdrs.WWW_AUTHENTICATE: 'Bearer realm="gslb"'},
         )
     given = credentials.strip().encode("utf-8", "surrogateescape")
-    if not hmac.compare_digest(given, expected):
+    matched = False
+    for candidate in expected:  # every candidate compared, in constant time each
+        matched |= hmac.compare_digest(given, candidate)
+    if not matched:
         raise ApiError(
             403,
             "wrong token",

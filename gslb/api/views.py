@@ -3,15 +3,20 @@
 Names are shown without their trailing dot ("www.gslb.example.com"). Times are unix
 seconds; ``null`` means "never" or "not known". The shapes::
 
-    service  {"name", "zone", "ttl", "answers", "policy", "all_down", "check", "pools": [pool]}
-    check    {"type", "path", "port", "interval", "timeout", "rise", "fall", "expect"}
-    pool     {"name", "priority", "weight", "countries", "continents",
+    service  {"name", "zone", "source": "api" | zone file path, "ttl", "answers", "policy",
+              "all_down", "check", "pools": [pool]}
+    check    {"type", "path", "port", "interval", "timeout", "rise", "fall", "expect",
+              "body", "host", "tls", "tls_verify"}
+    pool     {"name", "priority", "weight", "countries", "continents", "allow": [cidr],
               "location": {"lat", "lon"} | null, "endpoints": [endpoint]}
-    endpoint {"address", "port", "weight", "heartbeat_timeout",
-              "source": "zone file" | "registered", "health": health}
-    health   {"up", "state": "up" | "down" | "draining" | "disabled", "since",
-              "heartbeat": null | bool, "load", "confirmed", "last_check": null | note}
+    endpoint {"address", "port", "weight", "heartbeat_timeout", "cap", "lease",
+              "check": null | check (its own), "source": "zone file" | "registered",
+              "health": health}
+    health   {"up", "state": "up" | "down" | "draining" | "disabled", "admin", "since",
+              "heartbeat": null | bool, "last_heartbeat", "lease_until", "load", "rtt_ms",
+              "confirmed", "last_check": null | note, "history": [transition]}
     note     {"result", "ok", "at", "rtt_ms"}
+    transition {"at", "from", "to", "reason"}   (oldest first, the last 20)
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gslb.config import check_data
 from gslb.engine.answer import Answer
 from gslb.engine.context import Client
 from gslb.model import (
     AddressData,
-    AdminState,
     Endpoint,
     EndpointRef,
     Health,
@@ -37,27 +42,17 @@ from gslb.model import (
     RType,
     TXTData,
 )
-from gslb.registry import CheckNote
+from gslb.registry import CheckNote, EndpointNotes
 from gslb.snapshot import EndpointView, ServiceView, Snapshot
 
 JSON = dict[str, Any]
-Notes = Callable[[EndpointRef], CheckNote | None]  # registry.check_note
+Notes = Callable[[EndpointRef], EndpointNotes]  # registry.notes
+Sources = Callable[[str], str]  # service name -> "api" or its zone file
 
 
 def display_name(name: str) -> str:
     """An absolute name as users write it: without the trailing dot (the root stays ".")."""
     return name.rstrip(".") or "."
-
-
-def health_state(health: Health) -> str:
-    """One word for an endpoint's state; an operator's override wins over observations."""
-    if health.admin is AdminState.DISABLED:
-        return "disabled"
-    if not health.up:
-        return "down"
-    if health.draining or health.admin is AdminState.DRAIN:
-        return "draining"
-    return "up"
 
 
 def note_json(note: CheckNote | None) -> JSON | None:
@@ -67,15 +62,22 @@ def note_json(note: CheckNote | None) -> JSON | None:
     return {"result": note.result, "ok": note.ok, "at": note.at, "rtt_ms": rtt_ms}
 
 
-def health_json(health: Health, note: CheckNote | None) -> JSON:
+def health_json(health: Health, notes: EndpointNotes) -> JSON:
     return {
         "up": health.up,
-        "state": health_state(health),
+        "state": health.state,
+        "admin": health.admin.value,
         "since": health.since or None,  # 0.0: no change seen since start
         "heartbeat": health.heartbeat_up,
+        "last_heartbeat": notes.last_heartbeat,
+        "lease_until": notes.lease_until,
         "load": health.load,
+        "rtt_ms": None if health.rtt is None else round(health.rtt * 1000, 3),
         "confirmed": health.confirmed,
-        "last_check": note_json(note),
+        "last_check": note_json(notes.check),
+        "history": [
+            {"at": t.at, "from": t.old, "to": t.new, "reason": t.reason} for t in notes.history
+        ],
     }
 
 
@@ -86,6 +88,8 @@ def endpoint_json(endpoint: Endpoint) -> JSON:
         "weight": endpoint.weight,
         "heartbeat_timeout": endpoint.heartbeat_timeout,
         "cap": endpoint.cap,
+        "lease": endpoint.lease,
+        "check": None if endpoint.check is None else check_json(endpoint.check),
         "source": "registered" if endpoint.registered else "zone file",
     }
 
@@ -96,21 +100,7 @@ def registration_json(service: str, pool: str, endpoint: Endpoint) -> JSON:
 
 
 def check_json(check: HealthCheck) -> JSON:
-    expect = (
-        str(check.expect_min)
-        if check.expect_min == check.expect_max
-        else f"{check.expect_min}-{check.expect_max}"
-    )
-    return {
-        "type": check.kind.value,
-        "path": check.path,
-        "port": check.port,
-        "interval": check.interval,
-        "timeout": check.timeout,
-        "rise": check.rise,
-        "fall": check.fall,
-        "expect": expect,
-    }
+    return check_data(check)
 
 
 def pool_json(pool: Pool, endpoints: list[JSON]) -> JSON:
@@ -121,6 +111,7 @@ def pool_json(pool: Pool, endpoints: list[JSON]) -> JSON:
         "weight": pool.weight,
         "countries": sorted(pool.countries),
         "continents": sorted(pool.continents),
+        "allow": [str(network) for network in pool.allow],
         "location": None if location is None else {
             "lat": location.latitude,
             "lon": location.longitude,
@@ -131,11 +122,11 @@ def pool_json(pool: Pool, endpoints: list[JSON]) -> JSON:
 
 def endpoint_view_json(service: str, view: EndpointView, notes: Notes) -> JSON:
     e = view.endpoint
-    note = notes(EndpointRef(service, view.pool.name, e.address, e.port))
-    return {**endpoint_json(e), "health": health_json(view.health, note)}
+    found = notes(EndpointRef(service, view.pool.name, e.address, e.port))
+    return {**endpoint_json(e), "health": health_json(view.health, found)}
 
 
-def service_json(zone: str, view: ServiceView, notes: Notes) -> JSON:
+def service_json(zone: str, view: ServiceView, notes: Notes, source: str = "") -> JSON:
     service = view.service
     by_pool: dict[str, list[JSON]] = {pool.name: [] for pool in service.pools}
     for endpoint in view.endpoints:
@@ -145,6 +136,7 @@ def service_json(zone: str, view: ServiceView, notes: Notes) -> JSON:
     return {
         "name": display_name(service.name),
         "zone": display_name(zone),
+        "source": source,
         "ttl": service.ttl,
         "answers": service.answers,
         "policy": service.policy.value,
@@ -154,23 +146,28 @@ def service_json(zone: str, view: ServiceView, notes: Notes) -> JSON:
     }
 
 
-def services_json(snapshot: Snapshot, notes: Notes) -> list[JSON]:
+def services_json(snapshot: Snapshot, notes: Notes, sources: Sources) -> list[JSON]:
     """Every service of every zone, ordered by name."""
     found = [
         (name, apex, view)
         for apex, zone in snapshot.zones.items()
         for name, view in zone.services.items()
     ]
-    return [service_json(apex, view, notes) for _, apex, view in sorted(found, key=_first)]
+    return [
+        service_json(apex, view, notes, sources(view.name))
+        for _, apex, view in sorted(found, key=_first)
+    ]
 
 
-def find_service_json(snapshot: Snapshot, name: str, notes: Notes) -> JSON | None:
+def find_service_json(
+    snapshot: Snapshot, name: str, notes: Notes, sources: Sources
+) -> JSON | None:
     """One service by its absolute lower-cased name, or None."""
     zone = snapshot.find_zone(name)
     view = zone.services.get(name) if zone else None
     if zone is None or view is None:
         return None
-    return service_json(zone.apex, view, notes)
+    return service_json(zone.apex, view, notes, sources(name))
 
 
 def find_endpoint_json(snapshot: Snapshot, ref: EndpointRef, notes: Notes) -> JSON | None:

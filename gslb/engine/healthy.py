@@ -22,14 +22,15 @@ from gslb.snapshot import EndpointView
 
 def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     mode = ctx.service.service.all_down
+    service = ctx.service.service
     # With no probe and no heartbeats no verdict ever comes: such endpoints are confirmed.
-    unchecked = ctx.service.service.check.kind is CheckKind.NONE
     serving = [
         c for c in candidates
         if c.health.serving and (
             c.health.confirmed
             or mode is AllDown.OPEN
-            or (unchecked and c.endpoint.heartbeat_timeout is None)
+            or (service.check_of(c.endpoint).kind is CheckKind.NONE
+                and c.endpoint.heartbeat_timeout is None)
         )
     ]
     if serving or not candidates:

@@ -1,4 +1,5 @@
-"""Heartbeat expiry: marks down the endpoints whose pushed heartbeats stopped.
+"""Heartbeat and lease expiry: marks down the endpoints whose pushed heartbeats stopped,
+and removes the registrations whose lease ran out.
 
 Heartbeats themselves arrive through the API (``registry.heartbeat``); this loop only
 lets time pass over them.
@@ -15,10 +16,12 @@ log = logging.getLogger("gslb.health")
 
 
 async def expire_heartbeats(registry: Registry, period: float = 0.5) -> None:
-    """Call ``registry.expire_heartbeats()`` every ``period`` seconds until cancelled."""
+    """Call ``registry.expire_heartbeats()`` and ``registry.expire_leases()`` every
+    ``period`` seconds until cancelled."""
     while True:
         try:
             registry.expire_heartbeats()
-        except Exception:  # a registry bug must not stop expiry for good
+            registry.expire_leases()
+        except Exception:  # a registry bug (or a store failure) must not stop expiry for good
             log.exception("heartbeat expiry failed")
         await asyncio.sleep(period)

@@ -5,6 +5,10 @@ A check only says pass or fail, with a short result text and the round-trip time
 style), and only transitions reach ``registry.set_probe_state``; every result reaches
 ``registry.note_check`` for the API.
 
+Checks: ``http`` (GET a path over HTTP or HTTPS, status range, body text, Host header),
+``tcp`` (connect); ``none`` and ``heartbeat`` are never probed. An endpoint's own check
+overrides its service's.
+
 Initial state: an endpoint starts up but unconfirmed (the registry answers with a new
 registration at once); its first check failing takes it down immediately. After that,
 ``fall`` consecutive failures take an up endpoint down and ``rise`` consecutive passes
@@ -23,6 +27,7 @@ import dataclasses
 import enum
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -38,6 +43,7 @@ SYNC_PERIOD = 0.05  # seconds between looks at the registry's generation
 FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its interval)
 JITTER = 0.05  # later checks are interval × (1 ± JITTER) apart, so they never fire in bursts
 USER_AGENT = "gslb-prober/0.1"
+MAX_BODY = 64 * 1024  # bytes of a response searched for the check's ``body`` text
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -61,10 +67,20 @@ def check_port(check: HealthCheck, port: int | None) -> int | None:
     return 80 if check.kind is CheckKind.HTTP else None
 
 
-def http_url(address: IPAddress, port: int, path: str) -> str:
-    """``http://ADDRESS:PORT/PATH``, with an IPv6 address in brackets."""
+def http_url(address: IPAddress, port: int, path: str, tls: bool = False) -> str:
+    """``http://ADDRESS:PORT/PATH`` (https with ``tls``), with an IPv6 address in brackets."""
     host = f"[{address}]" if address.version == 6 else str(address)
-    return f"http://{host}:{port}{path}"
+    return f"{'https' if tls else 'http'}://{host}:{port}{path}"
+
+
+_VERIFYING = ssl.create_default_context()
+
+
+def _tls(check: HealthCheck) -> ssl.SSLContext | bool:
+    """The TLS setting of a check: verify against the system's CAs, or not at all."""
+    if not check.tls:
+        return True  # aiohttp's default; unused for http URLs
+    return _VERIFYING if check.tls_verify else False
 
 
 def make_session() -> aiohttp.ClientSession:
@@ -84,17 +100,30 @@ def make_session() -> aiohttp.ClientSession:
 async def check_http(
     session: aiohttp.ClientSession, address: IPAddress, port: int, check: HealthCheck
 ) -> CheckResult:
-    """GET the check's path; pass when the status is within [expect_min, expect_max]."""
+    """GET the check's path; pass when the status is within [expect_min, expect_max] and,
+    when the check names a ``body`` text, the first 64 KiB of the body contain it.
+
+    The connection goes to the address; ``host`` only sets the Host header and the name
+    the certificate must match, so a check never resolves names.
+    """
     loop = asyncio.get_running_loop()
     started = loop.time()
+    headers = {} if check.host is None else {"Host": check.host}
+    tls_name = check.host if check.tls and check.tls_verify else None
+    body = b""
     try:
         async with session.get(
-            http_url(address, port, check.path),
+            http_url(address, port, check.path, check.tls),
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=check.timeout),
+            headers=headers,
+            ssl=_tls(check),
+            server_hostname=tls_name,
         ) as response:
-            rtt = loop.time() - started
             status = response.status
+            if check.body is not None:
+                body = await response.content.read(MAX_BODY)
+            rtt = loop.time() - started
     except TimeoutError:
         return CheckResult(False, f"timeout after {check.timeout:g}s")
     except aiohttp.ClientConnectorError as exc:
@@ -102,6 +131,8 @@ async def check_http(
     except (aiohttp.ClientError, OSError) as exc:
         return CheckResult(False, _error_text(exc))
     if check.expect_min <= status <= check.expect_max:
+        if check.body is not None and check.body.encode() not in body:
+            return CheckResult(False, f"HTTP {status} without {check.body!r} in the body", rtt)
         return CheckResult(True, f"HTTP {status}", rtt)
     expected = (
         str(check.expect_min)
@@ -133,7 +164,7 @@ async def run_check(
     """Run ``check`` against the endpoint ``ref`` names; anything unexpected is a failure."""
     port = check_port(check, ref.port)
     try:
-        if check.kind is CheckKind.NONE:
+        if not check.probed:
             return CheckResult(True, "not checked")
         if port is None:
             return CheckResult(False, "no port to check: set check.port or the endpoint's port")
@@ -280,11 +311,11 @@ class Prober:
         wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
         for zone in snapshot.zones.values():
             for service in zone.services.values():
-                check = service.service.check
                 for view in service.endpoints:
                     endpoint = view.endpoint
+                    check = service.service.check_of(endpoint)
                     ref = EndpointRef(service.name, view.pool.name, endpoint.address, endpoint.port)
-                    if check.kind is not CheckKind.NONE:
+                    if check.probed:
                         wanted[ref] = (check, view.health.probe_up)
                     elif not view.health.probe_up:  # its check was just switched off
                         self._registry.set_probe_state(ref, True, "health check disabled")

@@ -1,16 +1,24 @@
-"""What the registry needs from a state store, whichever backs it."""
+"""What the registry needs from a state store, whichever backs it.
+
+A store keeps what the API changed, so that a restart (or another instance sharing the
+store) sees it: registrations, services created with ``PUT /services/{name}``, admin
+states of endpoints, and zone serials. Zone files are not stored; they are read at start.
+Every method returns only once its change is durable, or raises StoreError and changes
+nothing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from gslb.model import Endpoint, EndpointRef
+from gslb.model import AdminState, Endpoint, EndpointRef
 
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """An endpoint added through the API, as persisted."""
+    """An endpoint added through the API, as persisted (its check and lease included)."""
 
     service: str
     pool: str
@@ -21,6 +29,9 @@ class Registration:
 class StoredState:
     registrations: tuple[Registration, ...] = ()
     serials: dict[str, int] = field(default_factory=dict)
+    # service name -> its definition as PUT (the JSON shape of a zone file's service)
+    services: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    admin: dict[EndpointRef, AdminState] = field(default_factory=dict)  # only non-default
 
 
 class Store(Protocol):
@@ -31,6 +42,16 @@ class Store(Protocol):
     def save_registration(self, registration: Registration) -> None: ...
 
     def delete_registration(self, ref: EndpointRef) -> None: ...
+
+    def save_service(self, name: str, spec: Mapping[str, Any]) -> None: ...
+
+    def delete_service(self, name: str) -> None:
+        """Remove the service with its registrations and admin states, all at once."""
+        ...
+
+    def save_admin(self, ref: EndpointRef, state: AdminState) -> None:
+        """Keep ``state`` for the endpoint; ENABLED (the default) forgets it."""
+        ...
 
     def save_serial(self, apex: str, serial: int) -> None: ...
 

@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make serve   installs what is missing and runs the GSLB on zones/example.yaml
-#   make test    installs what is missing (Python packages, dig) and runs the whole suite
+#   make test    installs what is missing (Python packages, dig, redis-server) and runs the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,6 +26,8 @@ serve: $(VENV)/.run-deps
 system-test-deps:
 	@command -v dig >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bind9-dnsutils; }
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check gslb tests examples bench

@@ -11,7 +11,8 @@ starts it with ``AppRunner``/``TCPSite`` beside the DNS listeners. JSON in and o
     POST /deregister   {"service", "pool", "address", "port"?}  200 with the removed endpoint
     GET  /services     every service, its pools, endpoints and their health
     GET  /services/{name}
-    GET  /healthz      {"status": "ok", "generation", "zones"}
+    GET  /healthz      {"status": "ok" | "degraded", "generation", "zones", "store": {"kind",
+                        "ok", "error", "since"}}: degraded while the state store fails
     GET  /explain?name=N&type=A&client=IP[&ecs=NET][&id=N]  the answer and why
 
 Writes need ``Authorization: Bearer <token>`` when a token is set; reads never do.
@@ -31,7 +32,7 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import ip_address, ip_network
 from typing import Any, NoReturn
 
@@ -42,13 +43,15 @@ from gslb.api import views
 from gslb.config import check_name, parse_address
 from gslb.engine.answer import answer
 from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
-from gslb.errors import ConfigError, Conflict, NotFound, RequestError, StoreError
+from gslb.errors import ConfigError, Conflict, NotFound, NotShared, RequestError, StoreError
 from gslb.model import Endpoint, IPAddress, RType, fqdn
 from gslb.registry import Registry
+from gslb.store.contract import StoreStatus
 
 log = logging.getLogger("gslb.api")
 
 REGISTRY = web.AppKey("registry", Registry)
+STORE_STATUS: web.AppKey[Callable[[], StoreStatus]] = web.AppKey("store_status")
 MAX_BODY = 64 * 1024  # bytes; a larger request body is refused with 413
 MAX_HEARTBEAT_TIMEOUT = 86400.0
 
@@ -60,8 +63,14 @@ HEARTBEAT_STATUSES = ("alive", "draining")
 _SAFE_METHODS = frozenset({hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS})
 
 
-def make_app(registry: Registry, token: str | None = None) -> web.Application:
-    """The API application over ``registry``; writes need ``token`` when it is given."""
+def make_app(
+    registry: Registry,
+    token: str | None = None,
+    *,
+    store_status: Callable[[], StoreStatus] | None = None,
+) -> web.Application:
+    """The API application over ``registry``; writes need ``token`` when it is given.
+    ``store_status`` says whether the state store is reachable, for ``/healthz``."""
     if token is not None and not token.strip():
         raise ValueError("the API token must not be empty (pass None for no token)")
     app = web.Application(
@@ -69,6 +78,8 @@ def make_app(registry: Registry, token: str | None = None) -> web.Application:
         client_max_size=MAX_BODY,
     )
     app[REGISTRY] = registry
+    if store_status is not None:
+        app[STORE_STATUS] = store_status
     app.router.add_post("/register", register)
     app.router.add_post("/heartbeat", heartbeat)
     app.router.add_post("/deregister", deregister)
@@ -145,7 +156,9 @@ async def get_service(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response(views.healthz_json(request.app[REGISTRY].snapshot))
+    status = request.app.get(STORE_STATUS)
+    return web.json_response(views.healthz_json(
+        request.app[REGISTRY].snapshot, None if status is None else status()))
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -356,6 +369,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(404, str(exc))
     except Conflict as exc:
         return error_response(409, str(exc))
+    except NotShared as exc:  # applied here, but the other instances did not see it
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, str(exc))
     except StoreError as exc:
         log.error("%s %s: %s", request.method, request.path, exc)
         return error_response(503, f"the state store failed; nothing was changed: {exc}")

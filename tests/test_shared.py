@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from ipaddress import ip_address
@@ -14,6 +15,7 @@ from ipaddress import ip_address
 import pytest
 
 from gslb.config import load_zone_text
+from gslb.daemon import open_store
 from gslb.errors import NotShared, StoreError
 from gslb.model import AdminState, Endpoint, EndpointRef, Health
 from gslb.registry import Registry
@@ -284,3 +286,15 @@ async def wait(condition: object, timeout: float = 5) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("not within the time")
         await asyncio.sleep(0.002)
+
+
+def test_an_unreachable_redis_stops_the_start_with_a_clear_error() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    expected = rf"cannot reach the Redis store redis://127.0.0.1:{port}/0"
+    with pytest.raises(StoreError, match=expected) as raised:
+        open_store(f"redis://:secret@127.0.0.1:{port}/0")
+    assert "secret" not in str(raised.value)  # the password stays out of messages
+    with pytest.raises(StoreError, match="unsupported state store"):
+        open_store("memcached://127.0.0.1:1")

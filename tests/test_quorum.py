@@ -3,14 +3,17 @@ applying it (one instance with a broken path does not take an endpoint down)."""
 
 from __future__ import annotations
 
+import socket
+import time
 from ipaddress import ip_address
 
 import pytest
 
 from gslb.config import load_zone_text
 from gslb.health.quorum import FRESH, Report, decide, needed_votes
+from gslb.health.thread import HealthThread
 from gslb.model import Endpoint, EndpointRef
-from gslb.registry import Registry
+from gslb.registry import CheckNote, Registry
 from gslb.store.contract import StoredState
 
 NOW = 1000.0
@@ -137,3 +140,36 @@ def test_registry_reports_of_unknown_endpoints_are_ignored() -> None:
 
 def _empty() -> StoredState:
     return StoredState()
+
+
+def test_a_prober_whose_path_is_broken_does_not_take_the_endpoint_down() -> None:
+    """The real prober against a closed port, while another instance reports the
+    endpoint up: this instance's verdict is down, the answer keeps the endpoint."""
+    with socket.socket() as sock:  # nothing listens on this port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    zone = ZONE.replace("interval: 1", "interval: 0.1, timeout: 0.1").replace(
+        "{address: 192.0.2.1, port: 80}", f"{{address: 127.0.0.1, port: {port}}}")
+    registry = Registry()
+    registry.load_zones([load_zone_text(zone, "q.yaml")])
+    ref = EndpointRef("www.q.example.", "main", ip_address("127.0.0.1"), port)
+    with HealthThread(registry):
+        deadline = time.monotonic() + 3
+        while registry.probe_verdicts().get(ref) is not False:
+            registry.apply_stored(StoredState(), reports={"b": {ref: Report(UP, time.time())}})
+            assert time.monotonic() < deadline, "no verdict from the prober"
+            time.sleep(0.02)
+        for _ in range(20):  # checks go on failing here; the other instance still sees it up
+            registry.apply_stored(StoredState(), reports={"b": {ref: Report(UP, time.time())}})
+            time.sleep(0.05)
+        view = registry.snapshot.service(ref.service)
+        assert view is not None
+        (health,) = [v.health for v in view.endpoints if v.endpoint.port == port]
+        assert health.up and health.confirmed
+        assert registry.probe_verdicts()[ref] is False
+        assert registry.notes(ref).history == ()
+        assert "refused" in (registry.notes(ref).check or CheckNote("", True, 0, None)).result
+
+        # the other instance stops reporting: this one's verdict stands alone
+        registry.apply_stored(StoredState(), reports={})
+        assert not registry.snapshot.service(ref.service).endpoints[0].health.up  # type: ignore[union-attr]

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--geoip", default=_env("geoip", "data/gslb-geo.mmdb"),
                        help="MaxMind City or Country database; 'none' for no GeoIP "
                             "(default: the bundled data/gslb-geo.mmdb)")
-    serve.add_argument("--health-quorum", type=int, default=int(_env("health_quorum", "0") or 0),
+    serve.add_argument("--health-quorum", type=int, default=_env("health_quorum", "0"),
                        help="with a shared store: how many instances must see an endpoint "
                             "fail to take it down (default 0: a majority of those reporting)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
@@ -115,6 +115,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.token is not None and not args.token.strip():
         print("gslb: --token (GSLB_TOKEN) is empty; give a token or leave it unset",
+              file=sys.stderr)
+        return 2
+    if args.health_quorum < 0:
+        print("gslb: --health-quorum (GSLB_HEALTH_QUORUM) must be 0 (a majority) or more",
               file=sys.stderr)
         return 2
     settings = Settings(

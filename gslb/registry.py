@@ -435,7 +435,7 @@ class Registry:
 
         ``stale()``, asked under the lock, says that this instance wrote to the store
         after ``state`` was read: the state would undo that write here, so it is skipped
-        (the write's own notification brings a newer one).
+        (the caller reads again).
         """
         with self._lock:
             now = self._clock()

@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make serve   installs what is missing and runs the GSLB on zones/example.yaml
-#   make test    installs what is missing (Python packages, dig, dnsperf) and runs the whole suite
+#   make test    installs what is missing (Python packages, dig, dnsperf, redis-server,
+#                chromium) and runs the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,6 +29,7 @@ system-test-deps:
 	@missing=""; \
 	command -v dig >/dev/null || missing="$$missing bind9-dnsutils"; \
 	command -v dnsperf >/dev/null || missing="$$missing dnsperf"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi

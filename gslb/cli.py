@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api", type=host_port, default=_env("api", "127.0.0.1:8053"),
                        help="HTTP API listen address (default: 127.0.0.1:8053)")
     serve.add_argument("--state", default=_env("state", "data/state.sqlite"),
-                       help="state store: a SQLite file (default: data/state.sqlite)")
+                       help="state store: a SQLite file, or redis://host:port/db shared by "
+                            "several instances (default: data/state.sqlite)")
     serve.add_argument("--token", default=_env("token", None),
                        help="bearer token required for API writes (default: none)")
     serve.add_argument("--read-token", default=_env("read_token", None),
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--geoip", default=_env("geoip", "data/gslb-geo.mmdb"),
                        help="MaxMind City or Country database; 'none' for no GeoIP "
                             "(default: the bundled data/gslb-geo.mmdb)")
+    serve.add_argument("--health-quorum", type=int, default=_env("health_quorum", "0"),
+                       help="with a shared store: how many instances must see an endpoint "
+                            "fail to take it down (default 0: a majority of those reporting)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default=_env("log_format", "text"), choices=logs.FORMATS,
@@ -165,10 +169,15 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"gslb: --{flag} ({variable}) is empty; give a token or leave it unset",
                   file=sys.stderr)
             return 2
+    if args.health_quorum < 0:
+        print("gslb: --health-quorum (GSLB_HEALTH_QUORUM) must be 0 (a majority) or more",
+              file=sys.stderr)
+        return 2
     settings = Settings(
         zones=args.zones, dns=args.dns, api=args.api, state=args.state, token=args.token,
         read_token=args.read_token, admin_token=args.admin_token,
         geoip=None if args.geoip.lower() == "none" else Path(args.geoip),
+        health_quorum=args.health_quorum,
     )
     try:
         import uvloop

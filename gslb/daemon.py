@@ -20,8 +20,10 @@ from gslb.errors import ConfigError, StoreError
 from gslb.geoip import GeoSource
 from gslb.health.thread import HealthThread
 from gslb.registry import Registry
-from gslb.store.contract import Store
+from gslb.store.contract import Store, StoreStatus
+from gslb.store.redis import RedisStore
 from gslb.store.sqlite import SqliteStore
+from gslb.store.sync import RedisSync
 
 log = logging.getLogger("gslb")
 
@@ -39,12 +41,17 @@ class Settings:
     read_token: str | None = None  # set: reads need it (or a write/admin token)
     admin_token: str | None = None  # set: service management needs it instead of ``token``
     geoip: Path | None = BUNDLED_GEOIP  # None: no GeoIP; geo rules then never match
+    health_quorum: int = 0  # instances that must see an endpoint down; 0: a majority
 
 
 def open_store(state: str) -> Store:
-    """The store named by ``--state``: a SQLite file path."""
+    """The store named by ``--state``: ``redis://host:port/db`` (shared by several
+    instances), else a SQLite file path."""
+    if state.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(state)
     if "://" in state:
-        raise StoreError(f"unsupported state store {state!r}: give a SQLite file path")
+        raise StoreError(f"unsupported state store {state!r}: give a SQLite file path "
+                         "or redis://host:port/db")
     return SqliteStore(Path(state))
 
 
@@ -62,6 +69,8 @@ class Gslb:
         self._runner: web.AppRunner | None = None
         self._geo: GeoSource | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._sync: RedisSync | None = None
+        self._sync_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         zones = load_zones(self.settings.zones)
@@ -70,7 +79,12 @@ class Gslb:
             log.info("geoip: %s", self._geo.database)
         self._store = open_store(self.settings.state)
         registry = Registry(self._store)
+        registry.health_quorum = self.settings.health_quorum
         registry.load_zones(zones)
+        if isinstance(self._store, RedisStore):
+            self._sync = RedisSync(self._store, registry)
+            self._sync_task = asyncio.create_task(self._sync.run(), name="redis sync")
+            log.info("shared state: %s (instance %s)", self._store.where, self._store.instance)
         if self._geo is not None:
             registry.set_locator(self._geo.database)
             self._watch = asyncio.create_task(self._watch_geoip())
@@ -90,6 +104,7 @@ class Gslb:
             read_token=self.settings.read_token,
             admin_token=self.settings.admin_token,
             reload=self.reload,
+            store_status=self.store_status,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -132,7 +147,16 @@ class Gslb:
             if self._geo.changed():
                 await asyncio.to_thread(self.reload_geoip)
 
+    def store_status(self) -> StoreStatus:
+        if self._sync is not None:
+            return self._sync.status()
+        return StoreStatus("sqlite")
+
     async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,7 @@
     ├── NotFound          the service, pool or endpoint does not exist
     ├── Conflict          the change contradicts the current state
     ├── StoreError        the state store could not be read or written
+    │   └── NotShared     applied by this instance only: the shared store failed
     └── Unreachable       the API of a GSLB instance did not answer (command line)
 """
 
@@ -50,6 +51,10 @@ class Conflict(GslbError):
 
 class StoreError(GslbError):
     """The state store failed."""
+
+
+class NotShared(StoreError):
+    """Applied by this instance only: the shared store failed."""
 
 
 class Unreachable(GslbError):

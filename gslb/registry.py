@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gslb.config import in_zone, parse_service
-from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, RequestError
+from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
+from gslb.health.quorum import Report, decide
 from gslb.model import (
     AdminState,
     CheckKind,
@@ -47,7 +48,7 @@ from gslb.snapshot import (
     ZoneView,
     make_zone_view,
 )
-from gslb.store.contract import Registration, Store
+from gslb.store.contract import Heartbeat, Registration, Store, StoredState
 
 log = logging.getLogger("gslb.registry")
 
@@ -98,6 +99,12 @@ class Registry:
         self._admin: dict[EndpointRef, AdminState] = {}
         self._history: dict[EndpointRef, deque[Transition]] = {}
         self._lease_until: dict[EndpointRef, float] = {}
+        # several instances on one shared store (see apply_stored):
+        self._local_probe: dict[EndpointRef, bool] = {}  # this instance's prober's verdicts
+        self._reports: dict[EndpointRef, dict[str, Report]] = {}  # the other instances'
+        self._beats: dict[EndpointRef, float] = {}  # time of the last heartbeat applied
+        self._verdict_listeners: list[Callable[[], None]] = []
+        self.health_quorum = 0  # down votes that take an endpoint down; 0: a majority
         self.generation = 0
         self.snapshot = Snapshot()
         if store is not None:
@@ -347,7 +354,17 @@ class Registry:
                 old, heartbeat_up=True, draining=draining, load=load, confirmed=True
             )
             self._set_health(ref, old, new, "heartbeat" + (" (draining)" if draining else ""))
-            return ref
+            self._beats[ref] = now
+        if self._store is not None:
+            # outside the lock: a store that hangs must not stall the prober's reports.
+            # The heartbeat stays applied here: this instance keeps the endpoint alive
+            # through a store outage, and the sender learns the others did not see it.
+            try:
+                self._store.save_heartbeat(ref, Heartbeat(now, draining, load))
+            except StoreError as exc:
+                raise NotShared(f"the heartbeat counts on this instance only; the shared "
+                                f"store failed: {exc}") from exc
+        return ref
 
     def expire_heartbeats(self) -> list[EndpointRef]:
         """Mark down every endpoint whose heartbeats stopped; returns those it marked."""
@@ -380,9 +397,11 @@ class Registry:
         with self._lock:
             if self._endpoint(ref) is None:
                 return  # deregistered while its check was in flight
-            old = self._current(ref)
-            new = dataclasses.replace(old, probe_up=up, confirmed=True)
-            self._set_health(ref, old, new, reason)
+            self._local_probe[ref] = up
+            if self._decide_probe(ref, reason):
+                self._publish()
+        for listener in self._verdict_listeners:
+            listener()
 
     def note_check(self, ref: EndpointRef, ok: bool, result: str, rtt: float | None) -> None:
         """Keep a probe's latest result for the API. The RTT reaches answers (``fastest``)
@@ -412,6 +431,170 @@ class Registry:
         """Call ``listener`` with every new snapshot (from the writer's thread)."""
         self._listeners.append(listener)
 
+    # --- several instances on one shared store -----------------------------------
+
+    def apply_stored(
+        self,
+        state: StoredState,
+        heartbeats: Mapping[EndpointRef, Heartbeat] | None = None,
+        reports: Mapping[str, Mapping[EndpointRef, Report]] | None = None,
+        *,
+        stale: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Adopt what the shared store holds, without writing anything back: services,
+        registrations, admin states and serials as ``state`` has them, heartbeats newer
+        than this instance's, and the other instances' probe verdicts (by instance).
+        Publishes a snapshot only when something changed; returns whether it did.
+
+        ``stale()``, asked under the lock, says that this instance wrote to the store
+        after ``state`` was read: the state would undo that write here, so it is skipped
+        (the caller reads again).
+        """
+        with self._lock:
+            now = self._clock()
+            changed = False
+            if stale is None or not stale():
+                changed = self._adopt_services(state.services)
+                changed = self._adopt_registrations(state.registrations, now) or changed
+                changed = self._adopt_admin(state.admin) or changed
+                for apex, serial in state.serials.items():
+                    if serial > self._serials.get(apex, 0):  # serials only grow
+                        self._serials[apex] = serial
+                        changed = True
+                if changed:
+                    self._reindex()
+                    self._forget_missing()
+            if heartbeats:
+                changed = self._adopt_heartbeats(heartbeats, now) or changed
+            if reports is not None:
+                changed = self._adopt_reports(reports) or changed
+            if changed:
+                self._publish()
+            return changed
+
+    def probe_verdicts(self) -> dict[EndpointRef, bool]:
+        """This instance's prober's verdicts (before any quorum), to share and to resume."""
+        with self._lock:
+            return dict(self._local_probe)
+
+    def on_verdict(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every verdict of this instance's prober (from its thread)."""
+        self._verdict_listeners.append(listener)
+
+    def _shared_tables(self) -> tuple[dict[EndpointRef, Any], ...]:
+        return (self._local_probe, self._reports, self._beats)
+
+    def _decide_probe(self, ref: EndpointRef, reason: str = "") -> bool:
+        """Set the endpoint's probe state from the verdicts (this instance's and the
+        others'), without publishing; returns whether it changed."""
+        others = self._reports.get(ref, {})
+        verdict = decide(self._local_probe.get(ref), others.values(), self._clock(),
+                         self.health_quorum)
+        if verdict is None:
+            return False
+        if others:
+            reason = f"{reason}; {verdict.reason()}" if reason else verdict.reason()
+        old = self._current(ref)
+        new = dataclasses.replace(old, probe_up=verdict.up, confirmed=True)
+        return self._put_health(ref, old, new, reason)
+
+    def _adopt_services(self, specs: Mapping[str, Mapping[str, Any]]) -> bool:
+        adopted: dict[str, tuple[Service, Mapping[str, Any]]] = {}
+        for name, spec in specs.items():
+            known = self._api_services.get(name)
+            if known is not None and known[1] == spec:
+                adopted[name] = known
+                continue
+            try:
+                adopted[name] = (parse_service(name, spec), spec)
+            except ConfigError as exc:  # written by another version, say: keep serving
+                log.error("stored service %s is invalid and ignored: %s", name, exc)
+                if known is not None:
+                    adopted[name] = known
+        if adopted.keys() == self._api_services.keys() and all(
+            adopted[name][1] == self._api_services[name][1] for name in adopted
+        ):
+            return False
+        for name in adopted.keys() - self._api_services.keys():
+            log.info("created service %s (through another instance)", name)
+        for name in self._api_services.keys() - adopted.keys():
+            log.info("deleted service %s (through another instance)", name)
+        self._api_services = adopted
+        return True
+
+    def _adopt_registrations(self, registrations: Iterable[Registration], now: float) -> bool:
+        adopted: dict[tuple[str, str], dict[Key, Endpoint]] = {}
+        for reg in registrations:
+            adopted.setdefault((reg.service, reg.pool), {})[reg.endpoint.key] = reg.endpoint
+        if adopted == self._registered:
+            return False
+        before = _by_ref(self._registered)
+        after = _by_ref(adopted)
+        for ref, endpoint in after.items():
+            old = before.get(ref)
+            if old is None:
+                log.info("registered endpoint %s (through another instance)", ref)
+                if endpoint.heartbeat_timeout is not None:
+                    self._last_heartbeat.setdefault(ref, now)  # grace until the first heartbeat
+            if endpoint.lease is None:
+                self._lease_until.pop(ref, None)
+            elif old is None or old.lease != endpoint.lease:
+                self._lease_until[ref] = now + endpoint.lease
+        for ref in before.keys() - after.keys():
+            tables: tuple[dict[EndpointRef, Any], ...] = (
+                self._health, self._last_heartbeat, self._checks, self._lease_until,
+                self._history, *self._shared_tables())
+            for table in tables:
+                table.pop(ref, None)
+            log.info("removed endpoint %s (through another instance)", ref)
+        self._registered = adopted
+        return True
+
+    def _adopt_admin(self, admin: Mapping[EndpointRef, AdminState]) -> bool:
+        if dict(admin) == self._admin:
+            return False
+        for ref in self._admin.keys() | admin.keys():
+            old = self._current(ref)
+            state = admin.get(ref, AdminState.ENABLED)
+            if old.admin is not state:
+                self._note_change(ref, old, dataclasses.replace(old, admin=state),
+                                  f"admin state {state.value} (through another instance)")
+        self._admin = dict(admin)
+        return True
+
+    def _adopt_heartbeats(self, heartbeats: Mapping[EndpointRef, Heartbeat], now: float) -> bool:
+        changed = False
+        for ref, beat in heartbeats.items():
+            endpoint = self._endpoint(ref)
+            if endpoint is None or beat.at <= self._beats.get(ref, float("-inf")):
+                continue  # unknown here (yet), or not newer than what this instance saw
+            self._beats[ref] = beat.at
+            self._last_heartbeat[ref] = max(self._last_heartbeat.get(ref, beat.at), beat.at)
+            if endpoint.lease is not None:
+                self._lease_until[ref] = max(self._lease_until.get(ref, 0.0),
+                                             beat.at + endpoint.lease)
+            if now - beat.at > (endpoint.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT):
+                continue  # already too old: expiry says so
+            old = self._current(ref)
+            new = dataclasses.replace(old, heartbeat_up=True, draining=beat.draining,
+                                      load=beat.load, confirmed=True)
+            why = "heartbeat through another instance" + (" (draining)" if beat.draining else "")
+            changed = self._put_health(ref, old, new, why) or changed
+        return changed
+
+    def _adopt_reports(self, reports: Mapping[str, Mapping[EndpointRef, Report]]) -> bool:
+        by_ref: dict[EndpointRef, dict[str, Report]] = {}
+        for instance, verdicts in reports.items():
+            for ref, report in verdicts.items():
+                if self._endpoint(ref) is not None:
+                    by_ref.setdefault(ref, {})[instance] = report
+        refs = self._reports.keys() | by_ref.keys()
+        self._reports = by_ref
+        changed = False
+        for ref in refs:  # freshness changes with time: decide again even if unchanged
+            changed = self._decide_probe(ref) or changed
+        return changed
+
     # --- internals ----------------------------------------------------------------
 
     def _current(self, ref: EndpointRef) -> Health:
@@ -421,12 +604,18 @@ class Registry:
         return health if health.admin is admin else dataclasses.replace(health, admin=admin)
 
     def _set_health(self, ref: EndpointRef, old: Health, new: Health, reason: str) -> None:
+        if self._put_health(ref, old, new, reason):
+            self._publish()
+
+    def _put_health(self, ref: EndpointRef, old: Health, new: Health, reason: str) -> bool:
+        """Keep ``new`` (without publishing); returns whether anything changed."""
         if new.up != old.up:
             new = dataclasses.replace(new, since=self._clock())
         self._note_change(ref, old, new, reason)
-        if new != old:
-            self._health[ref] = new
-            self._publish()
+        if new == old:
+            return False
+        self._health[ref] = new
+        return True
 
     def _note_change(self, ref: EndpointRef, old: Health, new: Health, reason: str) -> None:
         """Log a change of the endpoint's state once, and keep it in its history."""
@@ -442,8 +631,10 @@ class Registry:
         if self._store is not None:
             self._store.delete_registration(ref)
         del self._registered[(ref.service, ref.pool)][(ref.address, ref.port)]
-        for table in (self._health, self._last_heartbeat, self._checks, self._lease_until,
-                      self._history):
+        tables: tuple[dict[EndpointRef, Any], ...] = (
+            self._health, self._last_heartbeat, self._checks, self._lease_until, self._history,
+            *self._shared_tables())
+        for table in tables:
             table.pop(ref, None)
         if self._endpoint(ref) is None and ref in self._admin:  # no zone file endpoint stays
             if self._store is not None:
@@ -454,7 +645,10 @@ class Registry:
         log.info("%s endpoint %s", why, ref)
 
     def _forget_missing(self) -> None:
-        for table in (self._health, self._last_heartbeat, self._checks, self._history):
+        tables: tuple[dict[EndpointRef, Any], ...] = (
+            self._health, self._last_heartbeat, self._checks, self._history,
+            *self._shared_tables())
+        for table in tables:
             for ref in [ref for ref in table if self._endpoint(ref) is None]:
                 del table[ref]  # an endpoint that comes back starts afresh
 
@@ -594,3 +788,11 @@ class Registry:
         for listener in self._listeners:
             listener(snapshot)
 
+
+
+def _by_ref(registered: Mapping[tuple[str, str], Mapping[Key, Endpoint]]) -> dict[EndpointRef, Endpoint]:
+    return {
+        EndpointRef(service, pool, address, port): endpoint
+        for (service, pool), endpoints in registered.items()
+        for (address, port), endpoint in endpoints.items()
+    }

@@ -19,7 +19,8 @@ starts it with ``AppRunner``/``TCPSite`` beside the DNS listeners. JSON in and o
                        "drain" | "disabled"}; {endpoint} is ADDRESS, ADDRESS:PORT or [V6]:PORT
     POST /reload       re-read the zone files: 200 with the zones, or 400 with every
                        problem (and nothing changed)
-    GET  /healthz      {"status": "ok", "generation", "zones"}
+    GET  /healthz      {"status": "ok" | "degraded", "generation", "zones", "store": {"kind",
+                        "ok", "error", "since"}}: degraded while the state store fails
     GET  /explain?name=N&type=A&client=IP[&ecs=NET][&id=N]  the answer and why
     GET  /openapi.json the OpenAPI document of these routes
     GET  /             the dashboard (HTML and a little JavaScript reading /services)
@@ -59,9 +60,10 @@ from gslb.api import openapi, views
 from gslb.config import ReloadReport, check_name, parse_address, parse_check
 from gslb.engine.answer import answer
 from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
-from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, RequestError, StoreError
+from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
 from gslb.model import AdminState, Endpoint, HealthCheck, IPAddress, RType, fqdn
 from gslb.registry import Registry
+from gslb.store.contract import StoreStatus
 
 log = logging.getLogger("gslb.api")
 
@@ -69,6 +71,7 @@ Reloader = Callable[[], ReloadReport]
 
 REGISTRY = web.AppKey("registry", Registry)
 RELOAD: web.AppKey[Reloader] = web.AppKey("reload")
+STORE_STATUS: web.AppKey[Callable[[], StoreStatus]] = web.AppKey("store_status")
 MAX_BODY = 64 * 1024  # bytes; a larger request body is refused with 413
 MAX_HEARTBEAT_TIMEOUT = 86400.0
 MAX_LEASE = 7 * 86400.0
@@ -108,9 +111,11 @@ def make_app(
     read_token: str | None = None,
     admin_token: str | None = None,
     reload: Reloader | None = None,
+    store_status: Callable[[], StoreStatus] | None = None,
 ) -> web.Application:
     """The API application over ``registry``. ``reload`` re-reads the zone files (the
-    daemon's); without it ``POST /reload`` answers 503."""
+    daemon's); without it ``POST /reload`` answers 503. ``store_status`` says whether
+    the state store is reachable, for ``/healthz``."""
     tokens = Tokens(token, read_token, admin_token)
     for name, value in (("token", token), ("read token", read_token),
                         ("admin token", admin_token)):
@@ -140,6 +145,8 @@ def make_app(
     app[REGISTRY] = registry
     if reload is not None:
         app[RELOAD] = reload
+    if store_status is not None:
+        app[STORE_STATUS] = store_status
     for method, path, handler, _ in routes:
         app.router.add_route(method, path, handler)
     return app
@@ -332,7 +339,9 @@ def _endpoint_path(request: web.Request) -> tuple[str, str, IPAddress, int | Non
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response(views.healthz_json(request.app[REGISTRY].snapshot))
+    status = request.app.get(STORE_STATUS)
+    return web.json_response(views.healthz_json(
+        request.app[REGISTRY].snapshot, None if status is None else status()))
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -577,6 +586,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(404, str(exc))
     except Conflict as exc:
         return error_response(409, str(exc))
+    except NotShared as exc:  # applied here, but the other instances did not see it
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, str(exc))
     except StoreError as exc:
         log.error("%s %s: %s", request.method, request.path, exc)
         return error_response(503, f"the state store failed; nothing was changed: {exc}")

@@ -44,6 +44,7 @@ from gslb.model import (
 )
 from gslb.registry import CheckNote, EndpointNotes
 from gslb.snapshot import EndpointView, ServiceView, Snapshot
+from gslb.store.contract import StoreStatus
 
 JSON = dict[str, Any]
 Notes = Callable[[EndpointRef], EndpointNotes]  # registry.notes
@@ -185,12 +186,17 @@ def find_endpoint_json(snapshot: Snapshot, ref: EndpointRef, notes: Notes) -> JS
     return None
 
 
-def healthz_json(snapshot: Snapshot) -> JSON:
-    return {
-        "status": "ok",
+def healthz_json(snapshot: Snapshot, store: StoreStatus | None = None) -> JSON:
+    """Liveness: DNS keeps answering while the store fails, so that is "degraded"."""
+    found: JSON = {
+        "status": "ok" if store is None or store.ok else "degraded",
         "generation": snapshot.generation,
         "zones": sorted(display_name(apex) for apex in snapshot.zones),
     }
+    if store is not None:
+        found["store"] = {"kind": store.kind, "ok": store.ok, "error": store.error,
+                          "since": store.since}
+    return found
 
 
 def _first(item: tuple[str, str, ServiceView]) -> str:

@@ -309,6 +309,9 @@ class Prober:
         if session is None:
             return  # not running
         wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
+        # Trackers resume from this instance's own verdicts: the snapshot's probe state
+        # may be a quorum of several instances that this prober must not take as its own.
+        verdicts = self._registry.probe_verdicts()
         for zone in snapshot.zones.values():
             for service in zone.services.values():
                 for view in service.endpoints:
@@ -316,7 +319,7 @@ class Prober:
                     check = service.service.check_of(endpoint)
                     ref = EndpointRef(service.name, view.pool.name, endpoint.address, endpoint.port)
                     if check.probed:
-                        wanted[ref] = (check, view.health.probe_up)
+                        wanted[ref] = (check, verdicts.get(ref, True))
                     elif not view.health.probe_up:  # its check was just switched off
                         self._registry.set_probe_state(ref, True, "health check disabled")
 

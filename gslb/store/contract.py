@@ -26,6 +26,25 @@ class Registration:
 
 
 @dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The last heartbeat of an endpoint, as shared between instances."""
+
+    at: float  # wall-clock time: instances sharing a store need synchronised clocks
+    draining: bool = False
+    load: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Whether the store is reachable, as ``/healthz`` shows it."""
+
+    kind: str  # "sqlite" or "redis"
+    ok: bool = True
+    error: str | None = None  # the latest failure while not ok
+    since: float | None = None  # wall-clock time ok last changed
+
+
+@dataclass(frozen=True, slots=True)
 class StoredState:
     registrations: tuple[Registration, ...] = ()
     serials: dict[str, int] = field(default_factory=dict)
@@ -54,5 +73,10 @@ class Store(Protocol):
         ...
 
     def save_serial(self, apex: str, serial: int) -> None: ...
+
+    def save_heartbeat(self, ref: EndpointRef, heartbeat: Heartbeat) -> None:
+        """Share the endpoint's last heartbeat with the other instances. A single-node
+        store keeps none: a restart grants a fresh grace period instead."""
+        ...
 
     def close(self) -> None: ...

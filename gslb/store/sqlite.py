@@ -18,7 +18,7 @@ from typing import Any
 from gslb.config import check_data, parse_check
 from gslb.errors import ConfigError, StoreError
 from gslb.model import AdminState, Endpoint, EndpointRef
-from gslb.store.contract import Registration, StoredState
+from gslb.store.contract import Heartbeat, Registration, StoredState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS registrations (
@@ -134,6 +134,9 @@ class SqliteStore:
 
     def save_serial(self, apex: str, serial: int) -> None:
         self._write(("INSERT OR REPLACE INTO serials VALUES (?, ?)", (apex, serial)))
+
+    def save_heartbeat(self, ref: EndpointRef, heartbeat: Heartbeat) -> None:
+        """Nothing to share with: heartbeats live in the registry's memory only."""
 
     def close(self) -> None:
         with self._lock:

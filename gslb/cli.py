@@ -40,6 +40,19 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _non_negative(kind: type[int] | type[float]) -> Any:
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+
+    return convert
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gslb", description="DNS global server load balancer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--geoip", default=_env("geoip", "data/gslb-geo.mmdb"),
                        help="MaxMind City or Country database; 'none' for no GeoIP "
                             "(default: the bundled data/gslb-geo.mmdb)")
+    serve.add_argument("--rrl-rate", type=_non_negative(float), default=_env("rrl_rate", "0"),
+                       help="UDP responses per second to one client network (/24, /56) "
+                            "before rate limiting; 0 turns it off (default: 0, off)")
+    serve.add_argument("--rrl-slip", type=_non_negative(int), default=_env("rrl_slip", "2"),
+                       help="send every Nth rate-limited response truncated (TC=1) so "
+                            "resolvers retry over TCP; 0 drops them all (default: 2)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
 
@@ -116,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(
         zones=args.zones, dns=args.dns, api=args.api, state=args.state, token=args.token,
         geoip=None if args.geoip.lower() == "none" else Path(args.geoip),
+        rrl_rate=args.rrl_rate, rrl_slip=args.rrl_slip,
     )
     try:
         import uvloop

@@ -43,6 +43,19 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _non_negative(kind: type[int] | type[float]) -> Any:
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+
+    return convert
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gslb", description="DNS global server load balancer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--health-quorum", type=int, default=_env("health_quorum", "0"),
                        help="with a shared store: how many instances must see an endpoint "
                             "fail to take it down (default 0: a majority of those reporting)")
+    serve.add_argument("--rrl-rate", type=_non_negative(float), default=_env("rrl_rate", "0"),
+                       help="UDP responses per second to one client network (/24, /56) "
+                            "before rate limiting; 0 turns it off (default: 0, off)")
+    serve.add_argument("--rrl-slip", type=_non_negative(int), default=_env("rrl_slip", "2"),
+                       help="send every Nth rate-limited response truncated (TC=1) so "
+                            "resolvers retry over TCP; 0 drops them all (default: 2)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default=_env("log_format", "text"), choices=logs.FORMATS,
@@ -178,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
         read_token=args.read_token, admin_token=args.admin_token,
         geoip=None if args.geoip.lower() == "none" else Path(args.geoip),
         health_quorum=args.health_quorum,
+        rrl_rate=args.rrl_rate, rrl_slip=args.rrl_slip,
     )
     try:
         import uvloop

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gslb.api.app import make_app
 from gslb.config import ReloadReport, load_zones
+from gslb.dns.rrl import DEFAULT_SLIP, ResponseRateLimiter
 from gslb.dns.server import DnsServer
 from gslb.errors import ConfigError, StoreError
 from gslb.geoip import GeoSource
@@ -42,6 +43,8 @@ class Settings:
     admin_token: str | None = None  # set: service management needs it instead of ``token``
     geoip: Path | None = BUNDLED_GEOIP  # None: no GeoIP; geo rules then never match
     health_quorum: int = 0  # instances that must see an endpoint down; 0: a majority
+    rrl_rate: float = 0.0  # UDP responses per second per client network; 0: no limiting
+    rrl_slip: int = DEFAULT_SLIP
 
 
 def open_store(state: str) -> Store:
@@ -93,7 +96,12 @@ class Gslb:
         self._health = HealthThread(registry)
         self._health.start()
 
-        self._dns = DnsServer(lambda: registry.snapshot)
+        rrl = None
+        if self.settings.rrl_rate > 0:
+            rrl = ResponseRateLimiter(self.settings.rrl_rate, self.settings.rrl_slip)
+            log.info("rate limiting: %g responses/s per client network, slip %d",
+                     self.settings.rrl_rate, self.settings.rrl_slip)
+        self._dns = DnsServer(lambda: registry.snapshot, rrl=rrl)
         host, port = self.settings.dns
         self.dns_port = await self._dns.start(host, port)
         log.info("dns listening on %s (udp, tcp)", _join(host, self.dns_port))

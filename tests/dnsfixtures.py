@@ -8,6 +8,7 @@ import struct
 import threading
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from typing import Any
 
 from gslb.config import load_zone_text
 from gslb.dns.server import DnsServer
@@ -105,9 +106,11 @@ class ServerThread:
         host: str = "127.0.0.1",
         tcp_idle_timeout: float = 10.0,
         max_tcp_connections: int = 256,
+        **options: Any,
     ) -> None:
         self.server = DnsServer(
-            snapshots, tcp_idle_timeout=tcp_idle_timeout, max_tcp_connections=max_tcp_connections
+            snapshots, tcp_idle_timeout=tcp_idle_timeout, max_tcp_connections=max_tcp_connections,
+            **options,
         )
         self.host = host
         self.port = 0

@@ -74,6 +74,8 @@ def test_dashboard_shows_an_endpoint_going_down(running: dict[str, object], tmp_
             # checks every 1 s, fall 2, page refresh every 2 s
             section.locator(f'tr[data-endpoint="{dying}"][data-state="down"]').wait_for(timeout=10_000)
             assert section.locator(f'tr[data-endpoint="{staying}"]').get_attribute("data-state") == "up"
+            transition = section.locator("ul.history li", has_text=f"{dying}: up → down")
+            transition.first.wait_for(timeout=5_000)  # the recent transitions list names it
             assert page.locator("#error").inner_text() == ""
             page.screenshot(path=str(screenshot), full_page=True)
         finally:

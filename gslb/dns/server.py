@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, cast
 
 from gslb.dns import wire
+from gslb.dns.rrl import ResponseRateLimiter
 from gslb.engine.answer import answer
 from gslb.engine.context import Client
 from gslb.model import IPAddress
@@ -21,9 +22,11 @@ from gslb.snapshot import Snapshot
 
 log = logging.getLogger("gslb.dns")
 
-DEFAULT_TCP_IDLE_TIMEOUT = 10.0
+DEFAULT_TCP_IDLE_TIMEOUT = 10.0  # Knot's tcp-idle-timeout: between messages
+DEFAULT_TCP_READ_TIMEOUT = 0.5  # Knot's tcp-io-timeout: a started message must arrive whole
 DEFAULT_MAX_TCP_CONNECTIONS = 256
 BIND_ATTEMPTS = 8
+LIMIT_LOG_PERIOD = 10.0  # seconds between warnings that the TCP connection limit was hit
 
 SourceAddress = tuple[Any, ...] | IPv4Address | IPv6Address
 
@@ -36,14 +39,20 @@ class DnsServer:
         snapshots: Callable[[], Snapshot],
         *,
         tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT,
+        tcp_read_timeout: float = DEFAULT_TCP_READ_TIMEOUT,
         max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
+        rrl: ResponseRateLimiter | None = None,
     ) -> None:
         self._snapshots = snapshots
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_read_timeout = min(tcp_read_timeout, tcp_idle_timeout)
         self.max_tcp_connections = max_tcp_connections
+        self.rrl = rrl
+        self.udp_dropped = 0  # replies not sent because the socket's send buffer was full
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[_TcpConnection] = set()
+        self._limit_logged = -LIMIT_LOG_PERIOD
 
     def respond(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:
         """The reply to one DNS message, or ``None`` when it deserves none. Never raises."""
@@ -126,15 +135,30 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self._server = server
         self._transport: asyncio.DatagramTransport | None = None
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # not always a DatagramTransport subclass (CPython 3.11's selector transport)
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        reply = self._server.respond(data, addr, tcp=False)
+        server = self._server
+        if self._paused:
+            # The send buffer is full: queries come faster than replies leave. Drop
+            # rather than queue without bound; the resolver retries.
+            server.udp_dropped += 1
+            return
+        reply = server.respond(data, addr, tcp=False)
+        if reply is not None and server.rrl is not None:
+            reply = server.rrl.limit(reply, _source_ip(addr))
         if reply is not None and self._transport is not None:
             self._transport.sendto(reply, addr)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from earlier replies (port unreachable); nothing to do.
@@ -142,7 +166,16 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    """DNS over TCP (RFC 7766): length-prefixed messages, answered in order as they come."""
+    """DNS over TCP (RFC 7766): length-prefixed messages, answered in order as they come.
+
+    A connection is closed when no message arrived for the idle timeout, or when a
+    message it started has not arrived whole within the read timeout (a byte-at-a-time
+    sender), or when a message is too short to hold a DNS header. When the connection
+    limit is reached, a newcomer takes the place of the oldest connection that never
+    sent a whole message, else of the one idle the longest if that has been idle for
+    the read timeout at least; otherwise the newcomer is turned away. So silent or slow
+    clients cannot keep others out, and busy ones are not cut off.
+    """
 
     def __init__(self, server: DnsServer) -> None:
         self._server = server
@@ -150,22 +183,37 @@ class _TcpConnection(asyncio.Protocol):
         self._peer: tuple[Any, ...] = ()
         self._buffer = bytearray()
         self._paused = False
-        self._last_activity = 0.0
+        self._last_activity = 0.0  # when the last whole message arrived (or the connection)
+        self._answered = False  # whether a whole message ever arrived
+        self._partial_since: float | None = None  # when an incomplete message began
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         server = self._server
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if len(server._connections) >= server.max_tcp_connections:
-            log.warning("TCP connection limit (%d) reached", server.max_tcp_connections)
-            transport.abort()
-            return
+            idlest = min(server._connections, key=_TcpConnection.eviction_order, default=None)
+            if idlest is None or (
+                idlest._answered and now - idlest._last_activity < server.tcp_read_timeout
+            ):
+                if now - server._limit_logged >= LIMIT_LOG_PERIOD:  # not once per refusal
+                    server._limit_logged = now
+                    log.warning("TCP connection limit (%d) reached", server.max_tcp_connections)
+                transport.abort()
+                return
+            idlest.abort()
+            server._connections.discard(idlest)
         self._transport = transport
         self._peer = transport.get_extra_info("peername") or ()
         server._connections.add(self)
-        loop = asyncio.get_running_loop()
-        self._last_activity = loop.time()
-        self._timer = loop.call_later(server.tcp_idle_timeout, self._check_idle)
+        self._last_activity = now
+        self._timer = loop.call_at(now + server.tcp_idle_timeout, self._check_idle)
+
+    def eviction_order(self) -> tuple[bool, float]:
+        """Connections that never sent a whole message go first, then the idlest."""
+        return self._answered, self._last_activity
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
@@ -187,15 +235,31 @@ class _TcpConnection(asyncio.Protocol):
                 break
             message = bytes(buffer[2 : 2 + length])
             del buffer[: 2 + length]
+            if length < 12:  # no DNS header: not a DNS client; nothing to answer it with
+                transport.abort()
+                break
             self._last_activity = asyncio.get_running_loop().time()
+            self._answered = True
+            self._partial_since = None
             reply = self._server.respond(message, self._peer, tcp=True)
             if reply is not None:
                 transport.write(len(reply).to_bytes(2, "big") + reply)
             transport = self._transport
+        if buffer and not self._paused and self._partial_since is None and transport is not None:
+            # a message has begun: it gets the read timeout, not the idle one
+            loop = asyncio.get_running_loop()
+            self._partial_since = loop.time()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(
+                self._partial_since + self._server.tcp_read_timeout, self._check_idle
+            )
 
     def pause_writing(self) -> None:
-        # The client is not reading its answers: stop reading its questions.
+        # The client is not reading its answers: stop reading its questions. Until it
+        # reads again only the idle timeout applies.
         self._paused = True
+        self._partial_since = None
         if self._transport is not None:
             self._transport.pause_reading()
 
@@ -210,10 +274,12 @@ class _TcpConnection(asyncio.Protocol):
         if transport is None:
             return
         loop = asyncio.get_running_loop()
-        idle = loop.time() - self._last_activity
-        timeout = self._server.tcp_idle_timeout
-        if idle < timeout:
-            self._timer = loop.call_later(timeout - idle, self._check_idle)
+        if self._partial_since is not None:
+            deadline = self._partial_since + self._server.tcp_read_timeout
+        else:
+            deadline = self._last_activity + self._server.tcp_idle_timeout
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._check_idle)
             return
         self._timer = None
         if transport.get_write_buffer_size():

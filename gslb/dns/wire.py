@@ -423,7 +423,7 @@ def pack_reply(
 
 
 def _pack_bare(qid: int, query_flags: int, rcode: Rcode) -> bytes:
-    flags = QR | (query_flags & (OPCODE_MASK | RD_FLAG)) | (rcode & 0xF)
+    flags = QR | (query_flags & (OPCODE_MASK | RD_FLAG | CD)) | (rcode & 0xF)
     return _HEADER.pack(qid, flags, 0, 0, 0, 0)
 
 

@@ -20,6 +20,7 @@ from gslb.dns.server import DnsServer
 from gslb.errors import ConfigError, StoreError
 from gslb.geoip import GeoSource
 from gslb.health.thread import HealthThread
+from gslb.metrics import Metrics
 from gslb.registry import Registry
 from gslb.store.contract import Store, StoreStatus
 from gslb.store.redis import RedisStore
@@ -93,7 +94,8 @@ class Gslb:
             self._watch = asyncio.create_task(self._watch_geoip())
         self.registry = registry
 
-        self._health = HealthThread(registry)
+        self.metrics = Metrics(lambda: registry.snapshot, registry.transition_counts)
+        self._health = HealthThread(registry, on_check=self.metrics.observe_check)
         self._health.start()
 
         rrl = None
@@ -113,6 +115,7 @@ class Gslb:
             admin_token=self.settings.admin_token,
             reload=self.reload,
             store_status=self.store_status,
+            metrics=self.metrics,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

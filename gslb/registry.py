@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -98,6 +98,7 @@ class Registry:
         self._services: dict[str, tuple[str, Service]] = {}  # name -> (apex, service) served
         self._admin: dict[EndpointRef, AdminState] = {}
         self._history: dict[EndpointRef, deque[Transition]] = {}
+        self._transitions: Counter[str] = Counter()  # new state -> changes, for metrics
         self._lease_until: dict[EndpointRef, float] = {}
         # several instances on one shared store (see apply_stored):
         self._local_probe: dict[EndpointRef, bool] = {}  # this instance's prober's verdicts
@@ -423,6 +424,11 @@ class Registry:
             self._locator = locator
             self._publish()
 
+    def transition_counts(self) -> dict[str, int]:
+        """How many times endpoints changed into each state since start."""
+        with self._lock:
+            return dict(self._transitions)
+
     def check_note(self, ref: EndpointRef) -> CheckNote | None:
         with self._lock:
             return self._checks.get(ref)
@@ -624,7 +630,10 @@ class Registry:
         self._history.setdefault(ref, deque(maxlen=HISTORY)).append(
             Transition(self._clock(), old.state, new.state, reason)
         )
-        log.warning("endpoint %s: %s -> %s (%s)", ref, old.state, new.state, reason)
+        self._transitions[new.state] += 1
+        log.warning("endpoint %s: %s -> %s (%s)", ref, old.state, new.state, reason,
+                    extra={"endpoint": str(ref), "old": old.state, "new": new.state,
+                           "reason": reason})
 
     def _remove(self, ref: EndpointRef, why: str) -> None:
         """Drop a registration, durably, and everything known of it."""

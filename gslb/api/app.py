@@ -61,6 +61,8 @@ from gslb.config import ReloadReport, check_name, parse_address, parse_check
 from gslb.engine.answer import answer
 from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
+from gslb.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gslb.metrics import Metrics
 from gslb.model import AdminState, Endpoint, HealthCheck, IPAddress, RType, fqdn
 from gslb.registry import Registry
 from gslb.store.contract import StoreStatus
@@ -72,6 +74,7 @@ Reloader = Callable[[], ReloadReport]
 REGISTRY = web.AppKey("registry", Registry)
 RELOAD: web.AppKey[Reloader] = web.AppKey("reload")
 STORE_STATUS: web.AppKey[Callable[[], StoreStatus]] = web.AppKey("store_status")
+METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = 64 * 1024  # bytes; a larger request body is refused with 413
 MAX_HEARTBEAT_TIMEOUT = 86400.0
 MAX_LEASE = 7 * 86400.0
@@ -112,10 +115,15 @@ def make_app(
     admin_token: str | None = None,
     reload: Reloader | None = None,
     store_status: Callable[[], StoreStatus] | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The API application over ``registry``. ``reload`` re-reads the zone files (the
     daemon's); without it ``POST /reload`` answers 503. ``store_status`` says whether
-    the state store is reachable, for ``/healthz``."""
+    the state store is reachable, for ``/healthz``. ``metrics``: what ``/metrics``
+    serves, and where requests are counted (the daemon's, with the DNS and prober
+    figures; without it, the API's and the registry's own)."""
+    if metrics is None:
+        metrics = Metrics(lambda: registry.snapshot, registry.transition_counts)
     tokens = Tokens(token, read_token, admin_token)
     for name, value in (("token", token), ("read token", read_token),
                         ("admin token", admin_token)):
@@ -136,13 +144,14 @@ def make_app(
         (hdrs.METH_GET, "/explain", explain, Scope.READ),
         (hdrs.METH_GET, "/openapi.json", openapi_json, Scope.OPEN),
         (hdrs.METH_GET, "/", dashboard, Scope.OPEN),
+        (hdrs.METH_GET, "/metrics", metrics_text, Scope.READ),
     ]
     scopes = {(method, path): scope for method, path, _, scope in routes}
-    app = web.Application(
-        middlewares=[errors_middleware, make_auth_middleware(tokens, scopes)],
-        client_max_size=MAX_BODY,
-    )
+    middlewares = [make_count_middleware(metrics), errors_middleware,
+                   make_auth_middleware(tokens, scopes)]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[REGISTRY] = registry
+    app[METRICS] = metrics
     if reload is not None:
         app[RELOAD] = reload
     if store_status is not None:
@@ -336,6 +345,12 @@ def _endpoint_path(request: web.Request) -> tuple[str, str, IPAddress, int | Non
             raise RequestError(f"endpoint: port {port_text!r} is not 1-65535", "endpoint")
         port = int(port_text)
     return _path_name(request), request.match_info["pool"], address, port
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -567,6 +582,28 @@ def error_response(
     if field is not None:
         body["field"] = field
     return web.json_response(body, status=status, headers=headers)
+
+
+def make_count_middleware(metrics: Metrics) -> Middleware:
+    """Counts every request by route (its pattern, so names do not explode the labels),
+    method and final status."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        pattern = route.canonical if route is not None else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.api_requests.labels(pattern, request.method, str(status)).inc()
+
+    return count
 
 
 @web.middleware

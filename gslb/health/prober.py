@@ -28,7 +28,7 @@ import enum
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -249,6 +249,10 @@ class _Target:
     task: asyncio.Task[None]
 
 
+# Told of every check's outcome (metrics): endpoint, its check, passed, round trip.
+CheckObserver = Callable[[EndpointRef, HealthCheck, bool, float | None], None]
+
+
 class Prober:
     """Checks every probed endpoint of ``registry`` and reports what it finds.
 
@@ -261,8 +265,10 @@ class Prober:
         max_concurrent: int = 200,
         *,
         rng: random.Random | None = None,
+        on_check: CheckObserver | None = None,
     ) -> None:
         self._registry = registry
+        self._on_check = on_check
         self._max_concurrent = max_concurrent
         self._rng = rng or random.Random()
         self._targets: dict[EndpointRef, _Target] = {}
@@ -366,6 +372,8 @@ class Prober:
         if before is None or self._targets[ref].task is not asyncio.current_task():
             return  # removed, or restarted with a new check: this result is stale
         self._registry.note_check(ref, result.ok, result.result, result.rtt)
+        if self._on_check is not None:
+            self._on_check(ref, self._targets[ref].check, result.ok, result.rtt)
         after = before.observe(result.ok)
         self._trackers[ref] = after
         if after.up != before.up or before.state is ProbeState.UNCONFIRMED:

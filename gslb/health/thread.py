@@ -14,7 +14,7 @@ import threading
 from types import TracebackType
 
 from gslb.health.heartbeat import expire_heartbeats
-from gslb.health.prober import Prober
+from gslb.health.prober import CheckObserver, Prober
 from gslb.registry import Registry
 
 log = logging.getLogger("gslb.health")
@@ -30,8 +30,10 @@ class HealthThread:
         max_concurrent: int = 200,
         heartbeat_period: float = 0.5,
         name: str = "gslb-health",
+        on_check: CheckObserver | None = None,
     ) -> None:
         self._registry = registry
+        self._on_check = on_check
         self._max_concurrent = max_concurrent
         self._heartbeat_period = heartbeat_period
         self._name = name
@@ -91,7 +93,7 @@ class HealthThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        prober = Prober(self._registry, self._max_concurrent)
+        prober = Prober(self._registry, self._max_concurrent, on_check=self._on_check)
         tasks = [
             asyncio.create_task(prober.run(), name="prober"),
             asyncio.create_task(

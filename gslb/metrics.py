@@ -1,0 +1,166 @@
+"""Prometheus metrics of one GSLB instance, served as ``GET /metrics`` (prometheus-client).
+
+The hot paths keep plain counters that cost no lock and no label lookup (the DNS
+server's ``DnsStats``, the registry's transition counts); this module reads them, and
+the registry's snapshot, only when Prometheus scrapes. The API's and the prober's own
+figures go straight into prometheus-client metrics, which are thread-safe.
+
+    gslb_dns_queries_total{qtype, rcode}        replies sent, by question type and rcode
+    gslb_dns_dropped_total{reason}              queries not answered (rrl, malformed, busy)
+    gslb_dns_response_seconds                   histogram: datagram in -> reply bytes
+    gslb_dns_cache_hits_total, ..._misses_total response cache
+    gslb_answers_total{service, pool}           address answers, by the pool they came from
+    gslb_endpoint_answers_total{service, pool, endpoint}
+    gslb_endpoint_up{service, pool, endpoint}   1 serving, 0 not
+    gslb_health_transitions_total{to}           endpoint state changes
+    gslb_health_check_seconds{type}             histogram of successful checks' round trip
+    gslb_health_check_failures_total{type}
+    gslb_registrations                          endpoints registered through the API
+    gslb_api_requests_total{route, method, status}
+    gslb_snapshot_generation                    the registry's generation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from gslb.dns.stats import DnsStats
+from gslb.model import EndpointRef, HealthCheck, RType
+from gslb.snapshot import Snapshot
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Every metric of one instance, in its own registry (so tests can run several)."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        transitions: Callable[[], dict[str, int]],
+        dns: DnsStats | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.dns = dns
+        self.api_requests = Counter(
+            "gslb_api_requests", "HTTP API requests, by route, method and status",
+            ["route", "method", "status"], registry=self.registry,
+        )
+        self.check_seconds = Histogram(
+            "gslb_health_check_seconds", "round trip of successful health checks",
+            ["type"], buckets=CHECK_BUCKETS, registry=self.registry,
+        )
+        self.check_failures = Counter(
+            "gslb_health_check_failures", "failed health checks", ["type"], registry=self.registry,
+        )
+        self.registry.register(_Collector(snapshot, transitions, lambda: self.dns))
+
+    def observe_check(self, ref: EndpointRef, check: HealthCheck, ok: bool, rtt: float | None) -> None:
+        """The prober's report of one check (called from the health thread)."""
+        kind = check.kind.value
+        if ok and rtt is not None:
+            self.check_seconds.labels(kind).observe(rtt)
+        elif not ok:
+            self.check_failures.labels(kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector(Collector):
+    """Reads the plain counters and the snapshot at scrape time."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        transitions: Callable[[], dict[str, int]],
+        dns: Callable[[], DnsStats | None],
+    ) -> None:
+        self._snapshot = snapshot
+        self._transitions = transitions
+        self._dns = dns
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        snap = self._snapshot()
+        yield GaugeMetricFamily("gslb_snapshot_generation", "the registry's generation",
+                                value=snap.generation)
+        up = GaugeMetricFamily("gslb_endpoint_up", "1 when the endpoint is being answered",
+                               labels=["service", "pool", "endpoint"])
+        registered = 0
+        for zone in snap.zones.values():
+            for name, view in zone.services.items():
+                for ep in view.endpoints:
+                    up.add_metric([name.rstrip("."), ep.pool.name, _endpoint(ep.endpoint.key)],
+                                  1.0 if ep.health.serving else 0.0)
+                    registered += ep.endpoint.registered
+        yield up
+        yield GaugeMetricFamily("gslb_registrations", "endpoints registered through the API",
+                                value=registered)
+        moves = CounterMetricFamily("gslb_health_transitions", "endpoint state changes",
+                                    labels=["to"])
+        for state, count in sorted(self._transitions().items()):
+            moves.add_metric([state], count)
+        yield moves
+        dns = self._dns()
+        if dns is not None:
+            yield from _dns_metrics(dns)
+
+
+def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    queries = CounterMetricFamily("gslb_dns_queries", "DNS replies sent, by question type and rcode",
+                                  labels=["qtype", "rcode"])
+    for (qtype, rcode), count in sorted(dns.replies.items()):
+        queries.add_metric([_type_name(qtype), _RCODES.get(rcode, str(rcode))], count)
+    yield queries
+    dropped = CounterMetricFamily("gslb_dns_dropped", "DNS queries not answered, by reason",
+                                  labels=["reason"])
+    for reason, count in sorted(dns.dropped.items()):
+        dropped.add_metric([reason], count)
+    yield dropped
+    yield CounterMetricFamily("gslb_dns_cache_hits", "replies from the response cache",
+                              value=dns.cache_hits)
+    yield CounterMetricFamily("gslb_dns_cache_misses", "replies computed by the answer engine",
+                              value=dns.cache_misses)
+    pools = CounterMetricFamily("gslb_answers", "address answers, by service and pool",
+                                labels=["service", "pool"])
+    endpoints = CounterMetricFamily("gslb_endpoint_answers", "times each endpoint was answered",
+                                    labels=["service", "pool", "endpoint"])
+    for (service, pool), count in sorted(dns.answers.items()):
+        pools.add_metric([service, pool], count)
+    for (service, pool, endpoint), count in sorted(dns.answered.items()):
+        endpoints.add_metric([service, pool, endpoint], count)
+    yield pools
+    yield endpoints
+    histogram = HistogramMetricFamily("gslb_dns_response_seconds",
+                                      "time from datagram in to reply bytes (seconds)")
+    cumulative, buckets = 0, []
+    for bound, count in zip(dns.latency_bounds, dns.latency_counts, strict=False):
+        cumulative += count
+        buckets.append((repr(bound), cumulative))
+    buckets.append(("+Inf", cumulative + dns.latency_counts[-1]))
+    histogram.add_metric([], buckets, sum_value=dns.latency_sum)
+    yield histogram
+
+
+_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+           16: "BADVERS"}
+
+
+def _type_name(qtype: int) -> str:
+    try:
+        return RType(qtype).name
+    except ValueError:
+        return f"TYPE{qtype}"
+
+
+def _endpoint(key: tuple[object, int | None]) -> str:
+    address, port = key
+    text = str(address)
+    if port is None:
+        return text
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"

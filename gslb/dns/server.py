@@ -1,7 +1,9 @@
 """The DNS listeners: UDP and TCP on one port, each query answered from the current snapshot.
 
 ``DnsServer.respond`` is the whole datagram-to-reply path and is synchronous; the
-asyncio protocols only move bytes.
+asyncio protocols only move bytes. Replies come from the response cache
+(``gslb.dns.cache``) when it holds one for the current snapshot, else from the full
+parser, the answer engine and the packer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, cast
 
 from gslb.dns import wire
+from gslb.dns.cache import DEFAULT_CAPACITY, ResponseCache
 from gslb.engine.answer import answer
 from gslb.engine.context import Client
 from gslb.model import IPAddress
@@ -37,8 +40,11 @@ class DnsServer:
         *,
         tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT,
         max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
+        cache_size: int = DEFAULT_CAPACITY,
     ) -> None:
+        """``cache_size``: entries of the response cache; 0 turns the cache off."""
         self._snapshots = snapshots
+        self.cache = ResponseCache(cache_size) if cache_size > 0 else None
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_connections = max_tcp_connections
         self._udp: asyncio.DatagramTransport | None = None
@@ -48,6 +54,12 @@ class DnsServer:
     def respond(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:
         """The reply to one DNS message, or ``None`` when it deserves none. Never raises."""
         try:
+            snapshot = self._snapshots()
+            cache = self.cache
+            if cache is not None:
+                reply = cache.lookup(data, source_address, tcp, snapshot)
+                if reply is not None:
+                    return reply
             query = wire.parse_query(data)
             if not isinstance(query, wire.Query):
                 return query
@@ -58,10 +70,12 @@ class DnsServer:
                 if ecs is not None
                 else Client(source, nonce=query.id)
             )
-            snapshot = self._snapshots()
             qtype = query.rtype if query.rtype is not None else query.question.qtype
             result = answer(snapshot, query.qname, qtype, client)
-            return wire.pack_answer(query, result, tcp)
+            reply = wire.pack_answer(query, result, tcp)
+            if cache is not None:
+                cache.store(data, source_address, tcp, snapshot, query.qname, result, reply)
+            return reply
         except Exception:
             log.exception("SERVFAIL: query from %s failed", _describe(source_address))
             return wire.servfail(data)

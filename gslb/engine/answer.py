@@ -8,7 +8,7 @@ ANY) and hands service names to the selection chain.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gslb.engine.chain import select
 from gslb.engine.context import Client
@@ -37,6 +37,11 @@ class Answer:
     additional: tuple[Record, ...] = ()
     scope: int = 0  # ECS scope prefix length: how much of the client the answer used
     trace: tuple[str, ...] = ()
+    # What a cache of answers must key on besides the question and the ECS option:
+    # the bits of the resolver's address used as the client (None: not read), and
+    # whether the answer drew on the query's ID (it may differ for the next query).
+    source_scope: int | None = None
+    per_query: bool = False
 
 
 def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -> Answer:
@@ -62,9 +67,19 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -
             trace.extend(selection.trace)
             scope = max(scope, selection.scope)
             if not selection.records:
-                return _negative(zone, Rcode.NOERROR, records, trace, scope)
+                negative = _negative(zone, Rcode.NOERROR, records, trace, scope)
+                return replace(negative, source_scope=selection.source_scope,
+                               per_query=selection.per_query)
             records.extend(selection.records)
-            return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+            return Answer(
+                Rcode.NOERROR,
+                True,
+                tuple(records),
+                scope=scope,
+                trace=tuple(trace),
+                source_scope=selection.source_scope,
+                per_query=selection.per_query,
+            )
 
         rrset = zone.rrsets.get((name, qtype))
         if rrset:

@@ -37,8 +37,12 @@ DEFAULT_CHAIN: tuple[Step, ...] = (
 @dataclass(frozen=True, slots=True)
 class Selection:
     records: tuple[Record, ...]
-    scope: int
+    scope: int  # the ECS scope: bits of the ECS subnet depended on (0 without ECS)
     trace: tuple[str, ...]
+    # Bits of the resolver's own address depended on, when it was the client (no ECS,
+    # or an unusable one); None when no step read it.
+    source_scope: int | None = None
+    per_query: bool = False  # drew on the query's nonce: another query may differ
 
 
 # Address space that names no place: RFC 1918, shared (CGNAT), loopback, link-local, ULA.
@@ -84,5 +88,11 @@ def select(
         candidates = step(candidates, ctx)
     ttl = service.service.ttl
     records = [Record(service.name, qtype, ttl, AddressData(c.endpoint.address)) for c in candidates]
-    scope = ctx.scope if client.source_prefix is not None else 0
-    return Selection(tuple(records), scope, tuple(ctx.trace))
+    from_ecs = client.source_prefix is not None
+    return Selection(
+        tuple(records),
+        ctx.scope if from_ecs else 0,
+        tuple(ctx.trace),
+        source_scope=ctx.scope if ctx.consulted and not from_ecs else None,
+        per_query=ctx.per_query,
+    )

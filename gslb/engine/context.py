@@ -32,6 +32,8 @@ class Context:
     client: Client
     locator: Locator | None = None
     scope: int = 0  # most specific client prefix any step depended on
+    consulted: bool = False  # whether any step depended on the client's address at all
+    per_query: bool = False  # whether a step drew on the query's nonce
     trace: list[str] = field(default_factory=list)
     pool_order: dict[str, tuple[float, ...]] = field(default_factory=dict)  # set by geo
     _geo: GeoInfo | None = None
@@ -48,6 +50,12 @@ class Context:
         if self.client.source_prefix is not None:
             prefix = min(prefix, self.client.source_prefix)
         self.scope = max(self.scope, prefix)
+        self.consulted = True
+
+    def draw(self) -> int:
+        """The query's nonce, noting that the answer now differs from query to query."""
+        self.per_query = True
+        return self.client.nonce
 
 
 Step = Callable[[list[EndpointView], Context], list[EndpointView]]

@@ -66,13 +66,13 @@ def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> list[Endp
 
 
 def weighted(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
-    draw = hash_key(ctx.client.nonce.to_bytes(4, "big"))
+    draw = hash_key(ctx.draw().to_bytes(4, "big"))
     return [members[i][0] for i in _ring(members).walk(draw)]
 
 
 def round_robin(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
     ordered = sorted((c for c, _ in members), key=member_id)
-    start = ctx.client.nonce % len(ordered)
+    start = ctx.draw() % len(ordered)
     return ordered[start:] + ordered[:start]
 
 

@@ -12,9 +12,11 @@ Entries hold for one snapshot: the first query that sees a new snapshot empties 
 cache, so a change is visible in the very next answer. On a hit only the ID is
 patched, and the question's letter case when the reply's layout cannot depend on it.
 
-Lookup parses only the header and the question name's framing; anything unusual (a
-message that is not a plain one-question query, a name with compression) is a miss
-and goes to the full parser, which alone decides what may be stored.
+A UDP query whose bytes after the ID were seen before, spelled the same, is found
+by those bytes alone (one slice and one dictionary lookup: what repeats in practice).
+Otherwise lookup parses only the header and the question name's framing; anything
+unusual (a message that is not a plain one-question query, a name with compression)
+is a miss and goes to the full parser, which alone decides what may be stored.
 """
 
 from __future__ import annotations
@@ -54,17 +56,26 @@ class ResponseCache:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self._entries: dict[Any, _Entry | _PerSource] = {}
+        # UDP replies that depend on nothing but the query, minus their ID, by the
+        # query's exact bytes after its ID
+        self._exact: dict[bytes, bytes] = {}
         self._snapshot: Snapshot | None = None
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return max(len(self._entries), len(self._exact))
 
     def lookup(self, data: bytes, source: Any, tcp: bool, snapshot: Snapshot) -> bytes | None:
         """The reply to ``data`` from the cache, or ``None`` on a miss."""
+        if snapshot is self._snapshot and not tcp:
+            tail = self._exact.get(data[2:])
+            if tail is not None:
+                self.hits += 1
+                return data[:2] + tail
         if snapshot is not self._snapshot:
             self._entries.clear()
+            self._exact.clear()
             self._snapshot = snapshot
             self.misses += 1
             return None
@@ -125,8 +136,9 @@ class ResponseCache:
         head = bytes((data[2] | _TCP_MARK, data[3])) if tcp else data[2:4]
         key: Any = head + name.lower() + data[end:]
         entries = self._entries
-        if len(entries) >= self.capacity:
+        if len(entries) >= self.capacity or len(self._exact) >= self.capacity:
             entries.clear()  # cheap and rare: hot entries come back at their next query
+            self._exact.clear()
         # The reply's bytes after the question do not depend on the question's letter
         # case when every record is an address owned by the question name itself (those
         # owners compress to the question); other names may compress against it.
@@ -136,6 +148,8 @@ class ResponseCache:
         entry = (reply, name, patchable)
         if result.source_scope is None:
             entries[key] = entry
+            if not tcp:
+                self._exact[data[2:]] = reply[2:]
             return
         bucket, prefix = _source_bucket(source)
         if result.source_scope > prefix:

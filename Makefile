@@ -28,7 +28,7 @@ system-test-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bind9-dnsutils; }
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check gslb tests examples bench
+	$(BIN)/ruff check gslb tests examples benchmarks
 	$(BIN)/mypy gslb
 
 test: $(VENV)/.test-deps system-test-deps lint

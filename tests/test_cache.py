@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 import textwrap
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import dns.edns
 import dns.flags
@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 
 from gslb.config import load_zone_text
 from gslb.dns.server import DnsServer
+from gslb.engine.answer import answer
+from gslb.engine.context import Client
 from gslb.geoip import BUNDLED_DATABASE, GeoDatabase
-from gslb.model import Endpoint, EndpointRef, GeoInfo, IPAddress
+from gslb.model import Endpoint, EndpointRef, GeoInfo, IPAddress, RType
 from gslb.registry import Registry
 
 APEX = "gslb.example.com."
@@ -300,3 +302,49 @@ def test_cache_is_bounded(registry: Registry) -> None:
         server.respond(q.to_wire(), ("127.0.0.1", 53), False)
         assert server.cache is not None and len(server.cache) <= 100
 
+
+
+CLIENT_ADDRESSES = st.one_of(
+    st.integers(0, 2**32 - 1).map(IPv4Address),
+    st.sampled_from(["127.0.1.9", "127.0.2.1", "127.0.3.4", "127.0.4.1", "198.51.100.3",
+                     "203.0.113.200", "10.1.2.3", "127.0.0.1"]).map(ip_address),
+    st.integers(0, 2**16 - 1).map(lambda n: IPv6Address((0x20010DB8 << 96) | (n << 80))),
+)
+
+
+@given(st.lists(st.tuples(
+    st.sampled_from([n for n in NAMES if n.endswith(APEX) or n == APEX]),
+    st.sampled_from([RType.A, RType.AAAA]),
+    CLIENT_ADDRESSES,
+    st.one_of(st.none(), st.integers(0, 128)),
+    st.integers(0, 0xFFFF),
+), min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_trace_less_answers_equal_explained_ones(
+    registry: Registry, asks: list[tuple[str, RType, IPAddress, int | None, int]]
+) -> None:
+    """The DNS path's answer (no trace; outcomes remembered per location) equals the
+    explained one (every step run) for every client, in any order of clients."""
+    snapshot = registry.snapshot
+    for name, rtype, address, prefix, nonce in asks:
+        qname = name.lower()
+        if prefix is None:
+            client = Client(address, nonce=nonce)
+        else:
+            prefix = min(prefix, address.max_prefixlen)
+            net = ip_network((address, min(prefix, 24 if address.version == 4 else 56)), strict=False)
+            client = Client(net.network_address, prefix, IPv4Address("192.0.2.1"), nonce)
+        fast = answer(snapshot, qname, rtype, client, explain=False)
+        full = answer(snapshot, qname, rtype, client)
+        assert replace(fast, trace=()) == replace(full, trace=()), (qname, client)
+
+
+def test_remembered_outcome_keeps_each_clients_scope(registry: Registry) -> None:
+    """Two ECS clients at one address and location, /22 then /24: each answer's scope is
+    capped by its own source prefix, not by the first one's (``fill``: only the
+    location counts)."""
+    at = IPv4Address("198.51.100.0")
+    name = f"fill.{APEX}"
+    wide = answer(registry.snapshot, name, RType.A, Client(at, 22, at, 1), explain=False)
+    narrow = answer(registry.snapshot, name, RType.A, Client(at, 24, at, 1), explain=False)
+    assert (wide.scope, narrow.scope) == (22, 24)

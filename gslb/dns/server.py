@@ -71,7 +71,7 @@ class DnsServer:
                 else Client(source, nonce=query.id)
             )
             qtype = query.rtype if query.rtype is not None else query.question.qtype
-            result = answer(snapshot, query.qname, qtype, client)
+            result = answer(snapshot, query.qname, qtype, client, explain=False)
             reply = wire.pack_answer(query, result, tcp)
             if cache is not None:
                 cache.store(data, source_address, tcp, snapshot, query.qname, result, reply)

@@ -44,10 +44,13 @@ class Answer:
     per_query: bool = False
 
 
-def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -> Answer:
+def answer(
+    snapshot: Snapshot, qname: str, qtype: RType | int, client: Client, *, explain: bool = True
+) -> Answer:
     """Answer a query for ``qname`` (absolute, lower-cased) of ``qtype``.
 
     ``qtype`` may be any type number: types no zone holds get NODATA or NXDOMAIN.
+    Without ``explain`` the selection steps write no trace: the DNS path needs none.
     """
     zone = snapshot.find_zone(qname)
     if zone is None:
@@ -62,7 +65,7 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -
     for _ in range(MAX_CNAME_CHAIN + 1):
         service = zone.services.get(name)
         if service is not None and (qtype == RType.A or qtype == RType.AAAA):
-            selection = select(service, RType(qtype), client, snapshot.locator)
+            selection = select(service, RType(qtype), client, snapshot.locator, explain=explain)
             trace.append(f"service {name}")
             trace.extend(selection.trace)
             scope = max(scope, selection.scope)

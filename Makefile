@@ -35,7 +35,7 @@ system-test-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check gslb tests examples bench fuzz
+	$(BIN)/ruff check gslb tests examples benchmarks fuzz
 	$(BIN)/mypy gslb
 
 test: $(VENV)/.test-deps system-test-deps lint

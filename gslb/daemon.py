@@ -104,6 +104,7 @@ class Gslb:
             log.info("rate limiting: %g responses/s per client network, slip %d",
                      self.settings.rrl_rate, self.settings.rrl_slip)
         self._dns = DnsServer(lambda: registry.snapshot, rrl=rrl)
+        self.metrics.dns = self._dns.stats
         host, port = self.settings.dns
         self.dns_port = await self._dns.start(host, port)
         log.info("dns listening on %s (udp, tcp)", _join(host, self.dns_port))

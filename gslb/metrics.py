@@ -122,10 +122,11 @@ def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetri
     for reason, count in sorted(dns.dropped.items()):
         dropped.add_metric([reason], count)
     yield dropped
+    cache = dns.cache
     yield CounterMetricFamily("gslb_dns_cache_hits", "replies from the response cache",
-                              value=dns.cache_hits)
-    yield CounterMetricFamily("gslb_dns_cache_misses", "replies computed by the answer engine",
-                              value=dns.cache_misses)
+                              value=0 if cache is None else cache.hits)
+    yield CounterMetricFamily("gslb_dns_cache_misses", "queries the response cache did not hold",
+                              value=0 if cache is None else cache.misses)
     pools = CounterMetricFamily("gslb_answers", "address answers, by service and pool",
                                 labels=["service", "pool"])
     endpoints = CounterMetricFamily("gslb_endpoint_answers", "times each endpoint was answered",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gslb.model import (
     Endpoint,
@@ -45,6 +45,9 @@ class ServiceView:
     endpoints: tuple[EndpointView, ...]
     # (pool, address, port) of the endpoints that were serving last, for all_down: last_good
     last_good: frozenset[tuple[str, IPAddress, int | None]] = frozenset()
+    # The answer engine's working values derived from this view (it fills them as
+    # queries come; the view itself never changes, so they stay true while it lives).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -1,7 +1,9 @@
 """The DNS listeners: UDP and TCP on one port, each query answered from the current snapshot.
 
 ``DnsServer.respond`` is the whole datagram-to-reply path and is synchronous; the
-asyncio protocols only move bytes.
+asyncio protocols only move bytes. Replies come from the response cache
+(``gslb.dns.cache``) when it holds one for the current snapshot, else from the full
+parser, the answer engine and the packer.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import functools
 import logging
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from time import perf_counter
 from typing import Any, cast
 
 from gslb.dns import wire
+from gslb.dns.cache import DEFAULT_CAPACITY, ResponseCache
 from gslb.dns.rrl import ResponseRateLimiter
+from gslb.dns.stats import DnsStats
 from gslb.engine.answer import answer
 from gslb.engine.context import Client
 from gslb.model import IPAddress
@@ -42,13 +47,16 @@ class DnsServer:
         tcp_read_timeout: float = DEFAULT_TCP_READ_TIMEOUT,
         max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
         rrl: ResponseRateLimiter | None = None,
+        cache_size: int = DEFAULT_CAPACITY,
     ) -> None:
+        """``cache_size``: entries of the response cache; 0 turns the cache off."""
         self._snapshots = snapshots
+        self.cache = ResponseCache(cache_size) if cache_size > 0 else None
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_read_timeout = min(tcp_read_timeout, tcp_idle_timeout)
         self.max_tcp_connections = max_tcp_connections
         self.rrl = rrl
-        self.udp_dropped = 0  # replies not sent because the socket's send buffer was full
+        self.stats = DnsStats(cache=self.cache)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[_TcpConnection] = set()
@@ -56,7 +64,27 @@ class DnsServer:
 
     def respond(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:
         """The reply to one DNS message, or ``None`` when it deserves none. Never raises."""
+        started = perf_counter()
+        reply = self._reply(data, source_address, tcp)
+        stats = self.stats
+        if reply is None:
+            stats.dropped["not a query"] += 1
+        else:
+            # the question's type, found the cheap way: after the name's final zero
+            end = data.find(0, 12)
+            qtype = data[end + 1] << 8 | data[end + 2] if 0 < end < len(data) - 2 else 0
+            stats.replies[(qtype, reply[3] & 0x0F)] += 1
+        stats.observe(perf_counter() - started)
+        return reply
+
+    def _reply(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:
         try:
+            snapshot = self._snapshots()
+            cache = self.cache
+            if cache is not None:
+                reply = cache.lookup(data, source_address, tcp, snapshot)
+                if reply is not None:
+                    return reply
             query = wire.parse_query(data)
             if not isinstance(query, wire.Query):
                 return query
@@ -67,10 +95,12 @@ class DnsServer:
                 if ecs is not None
                 else Client(source, nonce=query.id)
             )
-            snapshot = self._snapshots()
             qtype = query.rtype if query.rtype is not None else query.question.qtype
-            result = answer(snapshot, query.qname, qtype, client)
-            return wire.pack_answer(query, result, tcp)
+            result = answer(snapshot, query.qname, qtype, client, explain=False)
+            reply = wire.pack_answer(query, result, tcp)
+            if cache is not None:
+                cache.store(data, source_address, tcp, snapshot, query.qname, result, reply)
+            return reply
         except Exception:
             log.exception("SERVFAIL: query from %s failed", _describe(source_address))
             return wire.servfail(data)
@@ -146,11 +176,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if self._paused:
             # The send buffer is full: queries come faster than replies leave. Drop
             # rather than queue without bound; the resolver retries.
-            server.udp_dropped += 1
+            server.stats.dropped["busy"] += 1
             return
         reply = server.respond(data, addr, tcp=False)
         if reply is not None and server.rrl is not None:
             reply = server.rrl.limit(reply, _source_ip(addr))
+            if reply is None:
+                server.stats.dropped["rate limit"] += 1
         if reply is not None and self._transport is not None:
             self._transport.sendto(reply, addr)
 

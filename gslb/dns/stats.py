@@ -9,6 +9,8 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
+from gslb.dns.cache import ResponseCache
+
 # Upper bounds (seconds) of the response-time histogram: a cached reply takes a few
 # microseconds, a cold one tens, a slow one (GC pause, huge answer) milliseconds.
 LATENCY_BOUNDS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
@@ -18,8 +20,7 @@ LATENCY_BOUNDS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e
 class DnsStats:
     replies: Counter[tuple[int, int]] = field(default_factory=Counter)  # (qtype, rcode)
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> queries
-    cache_hits: int = 0
-    cache_misses: int = 0
+    cache: ResponseCache | None = None  # its own hits and misses
     answers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, pool)
     answered: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # + endpoint
     latency_bounds: tuple[float, ...] = LATENCY_BOUNDS

@@ -352,6 +352,10 @@ def pack_answer(query: Query, answer: Answer, tcp: bool) -> bytes:
     the resolver a query, RFC 2181 section 9); when it still does not fit, TC is set
     and every section but the question and OPT is emptied, never a partial RRset.
     """
+    limit = MAX_TCP_MESSAGE if tcp else query.udp_limit
+    fast = _pack_addresses(query, answer, limit)
+    if fast is not None:
+        return fast
     return pack_reply(
         query.id,
         query.flags,
@@ -362,8 +366,50 @@ def pack_answer(query: Query, answer: Answer, tcp: bool) -> bytes:
         qname=query.qname,
         edns=query.edns,
         scope=answer.scope,
-        limit=MAX_TCP_MESSAGE if tcp else query.udp_limit,
+        limit=limit,
     )
+
+
+# --- the common answer, packed by hand ------------------------------------------------
+
+_ADDRESS_RR = struct.Struct("!HHHIH")  # pointer to the question name, type, class, ttl, rdlength
+_QUESTION_POINTER = 0xC000 | 12
+
+
+def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
+    """The reply ``pack_reply`` would give for an answer of only A/AAAA records owned by
+    the question name (what services answer), in a fraction of its time; ``None`` for
+    any other answer. Every record's owner is a pointer to the question."""
+    records = answer.answer
+    if not records or answer.authority or answer.additional:
+        return None
+    labels = query.question.labels
+    if not labels or len(b".".join(labels)) > 253:  # dnslib refuses such names: keep its way
+        return None
+    qname = query.qname
+    body = []
+    for record in records:
+        data = record.data
+        if record.name != qname or not isinstance(data, AddressData):
+            return None
+        rdata = data.address.packed
+        body.append(_ADDRESS_RR.pack(_QUESTION_POINTER, record.rtype, CLASS_IN, record.ttl, len(rdata)))
+        body.append(rdata)
+    flags = QR | (query.flags & (OPCODE_MASK | RD_FLAG | CD)) | (answer.rcode & 0xF)
+    if answer.authoritative:
+        flags |= AA
+    edns = query.edns
+    opt = _opt(edns, answer.rcode, answer.scope) if edns is not None else b""
+    question = b"".join(bytes((len(label),)) + label for label in labels) + b"\0" + _U16X2.pack(
+        query.question.qtype, query.question.qclass
+    )
+    answers = b"".join(body)
+    count = len(records)
+    if 12 + len(question) + len(answers) + len(opt) > limit:
+        flags |= TC
+        answers, count = b"", 0
+    header = _HEADER.pack(query.id, flags, 1, count, 0, 1 if opt else 0)
+    return header + question + answers + opt
 
 
 def pack_reply(

@@ -8,7 +8,7 @@ ANY) and hands service names to the selection chain.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gslb.engine.chain import select
 from gslb.engine.context import Client
@@ -37,12 +37,20 @@ class Answer:
     additional: tuple[Record, ...] = ()
     scope: int = 0  # ECS scope prefix length: how much of the client the answer used
     trace: tuple[str, ...] = ()
+    # What a cache of answers must key on besides the question and the ECS option:
+    # the bits of the resolver's address used as the client (None: not read), and
+    # whether the answer drew on the query's ID (it may differ for the next query).
+    source_scope: int | None = None
+    per_query: bool = False
 
 
-def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -> Answer:
+def answer(
+    snapshot: Snapshot, qname: str, qtype: RType | int, client: Client, *, explain: bool = True
+) -> Answer:
     """Answer a query for ``qname`` (absolute, lower-cased) of ``qtype``.
 
     ``qtype`` may be any type number: types no zone holds get NODATA or NXDOMAIN.
+    Without ``explain`` the selection steps write no trace: the DNS path needs none.
     """
     zone = snapshot.find_zone(qname)
     if zone is None:
@@ -57,14 +65,24 @@ def answer(snapshot: Snapshot, qname: str, qtype: RType | int, client: Client) -
     for _ in range(MAX_CNAME_CHAIN + 1):
         service = zone.services.get(name)
         if service is not None and (qtype == RType.A or qtype == RType.AAAA):
-            selection = select(service, RType(qtype), client, snapshot.locator)
+            selection = select(service, RType(qtype), client, snapshot.locator, explain=explain)
             trace.append(f"service {name}")
             trace.extend(selection.trace)
             scope = max(scope, selection.scope)
             if not selection.records:
-                return _negative(zone, Rcode.NOERROR, records, trace, scope)
+                negative = _negative(zone, Rcode.NOERROR, records, trace, scope)
+                return replace(negative, source_scope=selection.source_scope,
+                               per_query=selection.per_query)
             records.extend(selection.records)
-            return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+            return Answer(
+                Rcode.NOERROR,
+                True,
+                tuple(records),
+                scope=scope,
+                trace=tuple(trace),
+                source_scope=selection.source_scope,
+                per_query=selection.per_query,
+            )
 
         rrset = zone.rrsets.get((name, qtype))
         if rrset:

@@ -15,6 +15,7 @@ same answer from the same snapshot.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_network
@@ -23,7 +24,9 @@ from gslb.engine import failover, family, geo, healthy
 from gslb.engine import select as select_step
 from gslb.engine.context import Client, Context, Step
 from gslb.model import AddressData, IPAddress, Record, RType
-from gslb.snapshot import Locator, ServiceView
+from gslb.snapshot import EndpointView, Locator, ServiceView
+
+MEMO_SIZE = 4096  # remembered (type, location) outcomes per service view
 
 DEFAULT_CHAIN: tuple[Step, ...] = (
     family.step,
@@ -37,8 +40,12 @@ DEFAULT_CHAIN: tuple[Step, ...] = (
 @dataclass(frozen=True, slots=True)
 class Selection:
     records: tuple[Record, ...]
-    scope: int
+    scope: int  # the ECS scope: bits of the ECS subnet depended on (0 without ECS)
     trace: tuple[str, ...]
+    # Bits of the resolver's own address depended on, when it was the client (no ECS,
+    # or an unusable one); None when no step read it.
+    source_scope: int | None = None
+    per_query: bool = False  # drew on the query's nonce: another query may differ
 
 
 # Address space that names no place: RFC 1918, shared (CGNAT), loopback, link-local, ULA.
@@ -50,8 +57,16 @@ PRIVATE_NETWORKS = tuple(
 )
 
 
+# (version, first address, last address) of each, compared as integers: this runs for
+# every query that carries ECS
+_PRIVATE_RANGES = tuple(
+    (net.version, int(net.network_address), int(net.broadcast_address)) for net in PRIVATE_NETWORKS
+)
+
+
 def is_private(address: IPAddress) -> bool:
-    return any(address in net for net in PRIVATE_NETWORKS if net.version == address.version)
+    version, value = address.version, int(address)
+    return any(v == version and first <= value <= last for v, first, last in _PRIVATE_RANGES)
 
 
 def effective_client(client: Client, locator: Locator | None) -> tuple[Client, str | None]:
@@ -67,22 +82,63 @@ def effective_client(client: Client, locator: Locator | None) -> tuple[Client, s
     )
 
 
+def _prepared(ctx: Context) -> list[EndpointView]:
+    """The candidates after every step but the last, remembered per service view.
+
+    Those steps read of the client only its location (through ``ctx.geo``) and the
+    prefixes they depend on, so their outcome for (type, location) holds for every
+    client there; the last step (the policy) runs per query. Trace-less only.
+    """
+    key = (ctx.qtype, ctx.geo)
+    memo = ctx.service.memo
+    found = memo.get(key)
+    if found is None:
+        trial = Context(ctx.service, ctx.qtype, ctx.client, ctx.locator, explain=False)
+        trial._geo = ctx.geo
+        candidates = list(ctx.service.endpoints)
+        for step in DEFAULT_CHAIN[:-1]:
+            candidates = step(candidates, trial)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        found = memo[key] = (candidates, trial.pool_order, tuple(trial.depended))
+    candidates, ctx.pool_order, depended = found
+    for prefix in depended:
+        ctx.depend(prefix)
+    return candidates
+
+
+@functools.lru_cache(maxsize=65_536)
+def _address_record(name: str, qtype: RType, ttl: int, address: IPAddress) -> Record:
+    return Record(name, qtype, ttl, AddressData(address))
+
+
 def select(
     service: ServiceView,
     qtype: RType,
     client: Client,
     locator: Locator | None = None,
     chain: Sequence[Step] = DEFAULT_CHAIN,
+    explain: bool = True,
 ) -> Selection:
-    """The A or AAAA records a service answers with for ``client``."""
+    """The A or AAAA records a service answers with for ``client``; without ``explain``
+    the steps write no trace (the records are the same)."""
     client, note = effective_client(client, locator)
-    ctx = Context(service, qtype, client, locator)
-    if note:
+    ctx = Context(service, qtype, client, locator, explain=explain)
+    if note and explain:
         ctx.trace.append(note)
-    candidates = list(service.endpoints)
-    for step in chain:
-        candidates = step(candidates, ctx)
+    if explain or chain is not DEFAULT_CHAIN:
+        candidates = list(service.endpoints)
+        for step in chain:
+            candidates = step(candidates, ctx)
+    else:
+        candidates = chain[-1](_prepared(ctx), ctx)
     ttl = service.service.ttl
-    records = [Record(service.name, qtype, ttl, AddressData(c.endpoint.address)) for c in candidates]
-    scope = ctx.scope if client.source_prefix is not None else 0
-    return Selection(tuple(records), scope, tuple(ctx.trace))
+    records = [_address_record(service.name, qtype, ttl, c.endpoint.address) for c in candidates]
+    from_ecs = client.source_prefix is not None
+    return Selection(
+        tuple(records),
+        ctx.scope if from_ecs else 0,
+        tuple(ctx.trace),
+        source_scope=ctx.scope if ctx.consulted and not from_ecs else None,
+        per_query=ctx.per_query,
+    )

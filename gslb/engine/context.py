@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address
 
 from gslb.model import GeoInfo, IPAddress, RType
 from gslb.snapshot import EndpointView, Locator, ServiceView
@@ -32,7 +33,11 @@ class Context:
     client: Client
     locator: Locator | None = None
     scope: int = 0  # most specific client prefix any step depended on
+    consulted: bool = False  # whether any step depended on the client's address at all
+    per_query: bool = False  # whether a step drew on the query's nonce
     trace: list[str] = field(default_factory=list)
+    explain: bool = True  # False: steps skip writing the trace (the DNS path's speed)
+    depended: list[int] = field(default_factory=list)  # every prefix given to depend()
     pool_order: dict[str, tuple[float, ...]] = field(default_factory=dict)  # set by geo
     _geo: GeoInfo | None = None
 
@@ -45,9 +50,16 @@ class Context:
 
     def depend(self, prefix: int) -> None:
         """Note that the answer depends on the client's first ``prefix`` bits."""
+        self.depended.append(prefix)
         if self.client.source_prefix is not None:
             prefix = min(prefix, self.client.source_prefix)
         self.scope = max(self.scope, prefix)
+        self.consulted = True
+
+    def draw(self) -> int:
+        """The query's nonce, noting that the answer now differs from query to query."""
+        self.per_query = True
+        return self.client.nonce
 
 
 Step = Callable[[list[EndpointView], Context], list[EndpointView]]
@@ -55,14 +67,20 @@ Step = Callable[[list[EndpointView], Context], list[EndpointView]]
 
 def client_bucket(client: Client) -> tuple[bytes, int]:
     """The client's hashing subnet, packed, and its prefix length (capped by ECS)."""
-    limit = HASH_PREFIX_V4 if isinstance(client.address, IPv4Address) else HASH_PREFIX_V6
+    address = client.address
+    bits, limit = (32, HASH_PREFIX_V4) if isinstance(address, IPv4Address) else (128, HASH_PREFIX_V6)
     if client.source_prefix is not None:
         limit = min(limit, client.source_prefix)
-    net = ip_network((client.address, limit), strict=False)
-    return net.network_address.packed + bytes([limit]), limit
+    network = int(address) >> (bits - limit) << (bits - limit)
+    return network.to_bytes(bits // 8, "big") + bytes((limit,)), limit
 
 
 def member_id(view: EndpointView) -> str:
     """A stable name for an endpoint on hash rings: the same on every instance."""
-    port = "" if view.endpoint.port is None else str(view.endpoint.port)
-    return f"{view.pool.name}|{view.endpoint.address}|{port}"
+    return _member_id(view.pool.name, view.endpoint.address, view.endpoint.port)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _member_id(pool: str, address: IPAddress, port: int | None) -> str:
+    # cached: formatting an address costs more than the rest of a ring lookup
+    return f"{pool}|{address}|{'' if port is None else port}"

@@ -21,6 +21,8 @@ def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
 
     best = min(rank(c.pool.name) for c in candidates)
     kept = [c for c in candidates if rank(c.pool.name) == best]
+    if not ctx.explain:
+        return kept
     chosen = sorted({c.pool.name for c in kept})
     skipped = [p.name for p in ctx.service.service.pools
                if p.name in order and rank(p.name) < best]

@@ -13,5 +13,6 @@ from gslb.snapshot import EndpointView
 def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     version = 4 if ctx.qtype is RType.A else 6
     kept = [c for c in candidates if c.endpoint.address.version == version]
-    ctx.trace.append(f"family: {len(kept)} of {len(candidates)} endpoints are IPv{version}")
+    if ctx.explain:
+        ctx.trace.append(f"family: {len(kept)} of {len(candidates)} endpoints are IPv{version}")
     return kept

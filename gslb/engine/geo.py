@@ -56,12 +56,16 @@ def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     geo = ctx.geo if geo_matters else None
     ctx.pool_order = {p.name: pool_key(p, i, geo) for i, p in enumerate(pools)}
     if geo is None:
+        if not ctx.explain:
+            return candidates
         if geo_matters:
             ctx.trace.append("geo: no GeoIP database; pools in tier order")
         elif candidates:
             ctx.trace.append(f"geo: only pool {candidates[0].pool.name} has candidates")
         return candidates
     ctx.depend(geo.prefix)  # a client elsewhere in the database network ranks the same
+    if not ctx.explain:
+        return sorted(candidates, key=lambda c: ctx.pool_order[c.pool.name])
     where = (
         f"{geo.country or '??'}/{geo.continent or '??'}"
         + (f" at {geo.location.latitude:.2f},{geo.location.longitude:.2f}" if geo.location else "")

@@ -34,7 +34,8 @@ def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
         )
     ]
     if serving or not candidates:
-        ctx.trace.append(f"healthy: {len(serving)} of {len(candidates)} serving")
+        if ctx.explain:
+            ctx.trace.append(f"healthy: {len(serving)} of {len(candidates)} serving")
         return serving
     enabled = [c for c in candidates if c.health.admin is not AdminState.DISABLED]
     if mode is AllDown.CLOSED:

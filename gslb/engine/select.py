@@ -44,8 +44,14 @@ def member_weights(candidates: Sequence[EndpointView]) -> list[float]:
     return weights
 
 
-def _ring(members: list[tuple[EndpointView, float]]) -> Ring:
-    return make_ring(tuple((member_id(c), w) for c, w in members))
+def _ring(members: list[tuple[EndpointView, float]], ctx: Context) -> Ring:
+    # Remembered on the service view by its endpoint views' identities: they live as long
+    # as the view, and a ring's key of member names costs more to build than a lookup.
+    key = ("ring", *[id(c) for c, _ in members])
+    ring: Ring | None = ctx.service.memo.get(key)
+    if ring is None:
+        ring = ctx.service.memo[key] = make_ring(tuple((member_id(c), w) for c, w in members))
+    return ring
 
 
 def _full(view: EndpointView) -> bool:
@@ -56,7 +62,7 @@ def _full(view: EndpointView) -> bool:
 def _sticky_order(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
     key, prefix = client_bucket(ctx.client)
     ctx.depend(prefix)
-    return [members[i][0] for i in _ring(members).walk(hash_key(key))]
+    return [members[i][0] for i in _ring(members, ctx).walk(hash_key(key))]
 
 
 def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
@@ -66,13 +72,13 @@ def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> list[Endp
 
 
 def weighted(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
-    draw = hash_key(ctx.client.nonce.to_bytes(4, "big"))
-    return [members[i][0] for i in _ring(members).walk(draw)]
+    draw = hash_key(ctx.draw().to_bytes(4, "big"))
+    return [members[i][0] for i in _ring(members, ctx).walk(draw)]
 
 
 def round_robin(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
     ordered = sorted((c for c, _ in members), key=member_id)
-    start = ctx.client.nonce % len(ordered)
+    start = ctx.draw() % len(ordered)
     return ordered[start:] + ordered[:start]
 
 
@@ -107,7 +113,8 @@ def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
     service = ctx.service.service
     members = [(c, w) for c, w in zip(candidates, member_weights(candidates), strict=True) if w > 0]
     if len(members) <= 1:
-        ctx.trace.append(f"select: {len(members)} candidate(s), nothing to choose")
+        if ctx.explain:
+            ctx.trace.append(f"select: {len(members)} candidate(s), nothing to choose")
         return [c for c, _ in members]
     picked = []
     seen = set()
@@ -117,8 +124,9 @@ def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:
             picked.append(c)
             if len(picked) == service.answers:
                 break
-    ctx.trace.append(
-        f"select: {service.policy.value} for {ctx.client.address} picked "
-        + ", ".join(str(c.endpoint.address) for c in picked)
-    )
+    if ctx.explain:
+        ctx.trace.append(
+            f"select: {service.policy.value} for {ctx.client.address} picked "
+            + ", ".join(str(c.endpoint.address) for c in picked)
+        )
     return picked

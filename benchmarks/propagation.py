@@ -6,7 +6,7 @@ alternately through each instance and times, for each, from sending the POST unt
 other instance's ``GET /services/...`` lists it. Prints the median, 95th percentile and
 maximum; the target is 200 ms.
 
-    .venv/bin/python bench/propagation.py [COUNT]
+    .venv/bin/python benchmarks/propagation.py [COUNT]
 """
 
 from __future__ import annotations

@@ -1,0 +1,468 @@
+"""The GSLB beside gdnsd and Knot DNS under dnsperf, in one run, on loopback.
+
+    sudo .venv/bin/python benchmarks/peers.py --install   # first time: Debian packages
+    .venv/bin/python benchmarks/peers.py                  # about 4 minutes
+
+Each server answers ``www.gslb.example.com A`` with two addresses of one of three
+regions: the GSLB by GeoIP and sticky hashing (the bundled database), gdnsd by its
+geoip plugin's ``nets`` table, Knot from two static records (the reference for what
+an authoritative server costs here). Servers run pinned to one core, dnsperf to the
+other; every run is bounded by ``--duration``. Rounds are interleaved (round 1 of
+every server, then round 2, ...) so that drift of a shared machine hits all alike,
+and the median is reported. Server CPU per answered query comes from
+``/proc/PID/stat`` (all threads), which does not depend on the client's speed.
+
+Prints a Markdown table: saturated qps with and without ECS, server CPU µs per
+query, loss, the ratios to gdnsd and Knot, and latency at a fixed rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("dnsperf", "gdnsd", "knot", "bind9-dnsutils")
+NAME = "www.gslb.example.com"
+ECS_HEX = "8:00011800c63364"  # RFC 7871: family 1, source /24, 198.51.100.0 (Frankfurt)
+ECS_TEXT = "198.51.100.0/24"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+GSLB_ZONE = """\
+zone: gslb.example.com
+nameservers: {ns1: [127.0.0.1]}
+services:
+  www:
+    ttl: 30
+    answers: 2
+    policy: sticky
+    check: {type: none}
+    pools:
+      us: {continents: [NA, SA], location: {lat: 39.04, lon: -77.49},
+           endpoints: [192.0.2.11, 192.0.2.12]}
+      eu: {countries: [DE, GB], continents: [EU, AF], location: {lat: 50.11, lon: 8.68},
+           endpoints: [192.0.2.21, 192.0.2.22]}
+      ap: {continents: [AS, OC], location: {lat: 1.35, lon: 103.82},
+           endpoints: [192.0.2.31, 192.0.2.32]}
+"""
+
+GDNSD_CONFIG = """\
+options => {
+  listen => { 127.0.0.1:@PORT@ => { udp_threads => 1, tcp_threads => 1 } }
+  run_dir => @DIR@/run
+  state_dir => @DIR@/state
+  edns_client_subnet => true
+}
+plugins => {
+  geoip => {
+    maps => {
+      regions => {
+        datacenters => [ us, eu, ap ]
+        nets => {
+          198.51.100.0/24 => [ eu, us, ap ]
+          203.0.113.0/24 => [ ap, eu, us ]
+        }
+      }
+    }
+    resources => {
+      www => {
+        map => regions
+        dcmap => {
+          us => { us1 => 192.0.2.11, us2 => 192.0.2.12 }
+          eu => { eu1 => 192.0.2.21, eu2 => 192.0.2.22 }
+          ap => { ap1 => 192.0.2.31, ap2 => 192.0.2.32 }
+        }
+      }
+    }
+  }
+}
+"""
+
+GDNSD_ZONE = """\
+$TTL 3600
+@    SOA ns1 hostmaster 1 3600 600 1209600 30
+@    NS  ns1
+ns1  A   127.0.0.1
+www  30  DYNA geoip!www
+"""
+
+KNOT_CONFIG = """\
+server:
+    rundir: "@DIR@"
+    pidfile: "@DIR@/knot.pid"
+    listen: 127.0.0.1@@PORT@
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+log:
+  - target: stderr
+    any: warning
+database:
+    storage: "@DIR@/db"
+template:
+  - id: default
+    storage: "@DIR@"
+    file: "%s.zone"
+    zonefile-sync: -1
+    journal-content: none
+zone:
+  - domain: gslb.example.com
+"""
+
+KNOT_ZONE = """\
+$ORIGIN gslb.example.com.
+$TTL 3600
+@    SOA ns1 hostmaster 1 3600 600 1209600 30
+@    NS  ns1
+ns1  A   127.0.0.1
+www  30  A 192.0.2.11
+www  30  A 192.0.2.12
+"""
+
+
+@dataclass
+class Run:
+    qps: float
+    completed: int
+    lost: int
+    latency_avg: float  # seconds
+    latency_max: float
+    server_cpu: float  # seconds of server CPU during the run
+    client_busy: float  # share of the client core busy
+    server_busy: float
+
+    @property
+    def cpu_per_query_us(self) -> float:
+        return self.server_cpu / max(1, self.completed) * 1e6
+
+    @property
+    def loss(self) -> float:
+        return self.lost / max(1, self.completed + self.lost)
+
+
+@dataclass
+class Server:
+    name: str
+    describe: str
+    command: list[str]
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    answers: dict[str, str] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (the servers bind it right after)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def install() -> None:
+    missing = [p for p in PACKAGES if subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
+    ).stdout != "install ok installed"]
+    if not missing:
+        print("installed:", " ".join(PACKAGES))
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    guard = Path("/usr/sbin/policy-rc.d")
+    made_guard = not guard.exists()
+    if made_guard:  # keep the packages' own services from starting on port 53
+        guard.write_text("#!/bin/sh\nexit 101\n")
+        guard.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    finally:
+        if made_guard:
+            guard.unlink()
+
+
+def make_servers(work: Path, cpu: str) -> list[Server]:
+    pin = ["taskset", "-c", cpu]
+    servers = []
+
+    port = free_port()
+    zones = work / "gslb" / "zones"
+    zones.mkdir(parents=True)
+    (zones / "bench.yaml").write_text(GSLB_ZONE)
+    python = ROOT / ".venv" / "bin" / "python"
+    servers.append(Server(
+        "gslb", "GeoIP + sticky hashing, cached path",
+        [*pin, str(python if python.exists() else sys.executable), "-m", "gslb", "serve",
+         "--zones", str(zones), "--dns", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
+         "--state", str(work / "gslb" / "state.sqlite"),
+         "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning"],
+        port,
+    ))
+
+    port = free_port()  # the floor answers only UDP: the readiness check uses UDP
+    servers.append(Server(
+        "floor", "uvloop, reply from a dict, no parsing",
+        [*pin, str(python if python.exists() else sys.executable),
+         str(ROOT / "benchmarks" / "floor.py"), str(port)],
+        port,
+    ))
+
+    if shutil.which("gdnsd"):
+        port = free_port()
+        conf = work / "gdnsd"
+        (conf / "zones").mkdir(parents=True)
+        (conf / "config").write_text(
+            GDNSD_CONFIG.replace("@PORT@", str(port)).replace("@DIR@", str(conf)))
+        (conf / "zones" / "gslb.example.com").write_text(GDNSD_ZONE)
+        servers.append(Server("gdnsd", "geoip plugin, `nets` table",
+                              [*pin, "gdnsd", "-c", str(conf), "start"], port))
+
+    if shutil.which("knotd"):
+        port = free_port()
+        conf = work / "knot"
+        conf.mkdir()
+        (conf / "knot.conf").write_text(
+            KNOT_CONFIG.replace("@PORT@", str(port)).replace("@DIR@", str(conf)))
+        (conf / "gslb.example.com.zone").write_text(KNOT_ZONE)
+        servers.append(Server("knot", "2 static A records",
+                              [*pin, "knotd", "-c", str(conf / "knot.conf")], port))
+    return servers
+
+
+def dig(port: int, subnet: str | None) -> str:
+    command = ["dig", "@127.0.0.1", "-p", str(port), NAME, "A", "+short", "+tries=1", "+time=1"]
+    if subnet:
+        command.append(f"+subnet={subnet}")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    return " ".join(sorted(result.stdout.split())) if result.returncode == 0 else ""
+
+
+def start(server: Server, work: Path) -> None:
+    log = (work / f"{server.name}.log").open("wb")
+    server.process = subprocess.Popen(server.command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited; see {work / (server.name + '.log')}")
+        if dig(server.port, None):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.name} did not answer within 30 s")
+
+
+def stop(server: Server) -> None:
+    process = server.process
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of the whole process (every thread), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_times() -> dict[str, tuple[int, int]]:
+    """(busy, total) jiffies per CPU from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if re.fullmatch(r"cpu\d+", name):
+            numbers = [int(v) for v in values]
+            idle = numbers[3] + numbers[4]
+            out[name[3:]] = (sum(numbers[:8]) - idle, sum(numbers[:8]))
+    return out
+
+
+def busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], cpu: str) -> float:
+    b = after[cpu][0] - before[cpu][0]
+    t = after[cpu][1] - before[cpu][1]
+    return b / t if t else 0.0
+
+
+def dnsperf(server: Server, queries: Path, args: argparse.Namespace, ecs: bool,
+            rate: int | None) -> Run:
+    assert server.process is not None
+    command = ["taskset", "-c", args.client_cpu, "dnsperf", "-s", "127.0.0.1",
+               "-p", str(server.port), "-d", str(queries), "-l", str(args.duration),
+               "-c", str(args.clients), "-q", str(args.outstanding), "-t", "2"]
+    if ecs:
+        command += ["-E", ECS_HEX]
+    if rate:
+        command += ["-Q", str(rate)]
+    cpu0, stat0 = process_cpu(server.process.pid), cpu_times()
+    result = subprocess.run(command, capture_output=True, text=True,
+                            timeout=args.duration + 30)
+    cpu1, stat1 = process_cpu(server.process.pid), cpu_times()
+    out = result.stdout
+
+    def number(label: str) -> float:
+        match = re.search(rf"{label}:\s+([\d.]+)", out)
+        if match is None:
+            raise RuntimeError(f"dnsperf output lacks {label!r}:\n{out}\n{result.stderr}")
+        return float(match.group(1))
+
+    latency = re.search(r"Average Latency \(s\):\s+([\d.]+) \(min [\d.]+, max ([\d.]+)\)", out)
+    return Run(
+        qps=number("Queries per second"),
+        completed=int(number("Queries completed")),
+        lost=int(number("Queries lost")),
+        latency_avg=float(latency.group(1)) if latency else float("nan"),
+        latency_max=float(latency.group(2)) if latency else float("nan"),
+        server_cpu=cpu1 - cpu0,
+        client_busy=busy(stat0, stat1, args.client_cpu),
+        server_busy=busy(stat0, stat1, args.server_cpu),
+    )
+
+
+def median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.qps)[len(runs) // 2]
+
+
+def report(servers: list[Server], args: argparse.Namespace) -> str:
+    by_name = {s.name: s for s in servers}
+    lines = [
+        f"{len(servers)} servers, dnsperf `-c {args.clients} -q {args.outstanding} "
+        f"-l {args.duration}`, {args.reps} interleaved rounds (median), server on CPU "
+        f"{args.server_cpu}, dnsperf on CPU {args.client_cpu}.",
+        "",
+        "| server | what | queries | qps (median; min–max) | server CPU µs/query | lost % "
+        "| qps ÷ gdnsd | qps ÷ knot | CPU ÷ gdnsd | CPU ÷ knot |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind in ("plain", "ecs"):
+        for server in servers:
+            runs = server.runs.get(kind)
+            if not runs:
+                continue
+            med = median_run(runs)
+            cpu = statistics.median(r.cpu_per_query_us for r in runs)
+            ratios = []
+            for peer in ("gdnsd", "knot"):
+                other = by_name.get(peer)
+                other_runs = other.runs.get(kind) if other else None
+                if other_runs:
+                    ratios.append(med.qps / median_run(other_runs).qps)
+                else:
+                    ratios.append(float("nan"))
+            for peer in ("gdnsd", "knot"):
+                other = by_name.get(peer)
+                other_runs = other.runs.get(kind) if other else None
+                if other_runs:
+                    ratios.append(cpu / statistics.median(r.cpu_per_query_us for r in other_runs))
+                else:
+                    ratios.append(float("nan"))
+            bound = " †" if med.client_busy > 0.95 and med.server_busy < 0.95 else ""
+            lost = max(r.loss for r in runs) * 100
+            lines.append(
+                f"| {server.name} | {server.describe} | {'ECS /24' if kind == 'ecs' else 'no ECS'} "
+                f"| {med.qps:,.0f}{bound} ({min(r.qps for r in runs):,.0f}–"
+                f"{max(r.qps for r in runs):,.0f}) | {cpu:.1f} | {lost:.2f} | "
+                + " | ".join(f"{r:.2f}" for r in ratios) + " |"
+            )
+    lines += [
+        "",
+        "† client-bound: dnsperf's core was over 95 % busy while the server's was not; "
+        "the qps is a lower bound there, compare the CPU per query.",
+    ]
+    if args.rate:
+        lines += [
+            "",
+            f"Fixed load, `-Q {args.rate}`, ECS /24:",
+            "",
+            "| server | achieved qps | avg latency ms | max latency ms | lost % | server CPU busy |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for server in servers:
+            for run in server.runs.get("rate", []):
+                lines.append(
+                    f"| {server.name} | {run.qps:,.0f} | {run.latency_avg * 1e3:.3f} | "
+                    f"{run.latency_max * 1e3:.3f} | {run.loss * 100:.2f} | "
+                    f"{run.server_busy * 100:.0f} % |"
+                )
+    lines += ["", "Answers (`dig +short`): " + "; ".join(
+        f"{s.name}: {s.answers.get('plain')} / ECS {ECS_TEXT}: {s.answers.get('ecs')}"
+        for s in servers
+    )]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--install", action="store_true", help="apt-get install the peers, then exit")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per dnsperf run (10)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--outstanding", type=int, default=100)
+    parser.add_argument("--rate", type=int, default=20000, help="fixed-rate run, 0 for none")
+    parser.add_argument("--server-cpu", default="0")
+    parser.add_argument("--client-cpu", default="1")
+    parser.add_argument("--only", default="", help="comma-separated servers (gslb,gdnsd,knot)")
+    args = parser.parse_args()
+    if args.install:
+        install()
+        return 0
+    for tool in ("dnsperf", "dig", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: run with --install first (as root)", file=sys.stderr)
+            return 1
+
+    with tempfile.TemporaryDirectory(prefix="gslb-peers-") as tmp:
+        work = Path(tmp)
+        queries = work / "queries.txt"
+        queries.write_text(f"{NAME} A\n")
+        servers = make_servers(work, args.server_cpu)
+        if args.only:
+            servers = [s for s in servers if s.name in args.only.split(",")]
+        try:
+            for server in servers:
+                start(server, work)
+                server.answers = {"plain": dig(server.port, None), "ecs": dig(server.port, ECS_TEXT)}
+                dnsperf(server, queries, argparse.Namespace(**{**vars(args), "duration": 2}),
+                        True, None)  # warm-up, not recorded
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+            for rep in range(args.reps):
+                for kind in ("plain", "ecs"):
+                    for server in servers:
+                        run = dnsperf(server, queries, args, kind == "ecs", None)
+                        server.runs.setdefault(kind, []).append(run)
+                        print(f"round {rep + 1} {kind:5} {server.name:6} {run.qps:10,.0f} qps "
+                              f"{run.cpu_per_query_us:6.1f} µs/query", file=sys.stderr)
+            if args.rate:
+                for server in servers:
+                    run = dnsperf(server, queries, args, True, args.rate)
+                    server.runs["rate"] = [run]
+        finally:
+            for server in servers:
+                stop(server)
+        print(f"Run {started}, {os.cpu_count()} CPUs, load average before: "
+              f"{Path('/proc/loadavg').read_text().split()[0]}\n")
+        print(report(servers, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import mmh3
@@ -24,6 +24,16 @@ class Ring:
     points: tuple[int, ...]  # sorted hash points
     owners: tuple[int, ...]  # owners[i]: index of the member that owns points[i]
     size: int  # number of members
+    # order() results by starting point: at most one per point, and a walk costs more
+    _orders: dict[int, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def order(self, key: int) -> tuple[int, ...]:
+        """Every member index once, in the order met walking clockwise from ``key``."""
+        start = bisect.bisect_right(self.points, key)
+        found = self._orders.get(start)
+        if found is None:
+            found = self._orders[start] = tuple(self.walk(key))
+        return found
 
     def pick(self, key: int, count: int) -> list[int]:
         """Up to ``count`` distinct member indices, walking clockwise from ``key``."""

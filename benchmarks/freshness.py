@@ -111,11 +111,9 @@ def main() -> None:
             endpoint = {"service": SERVICE, "pool": "one", "address": ADDRESS}
             registration = []
             for i in range(args.changes):
-                if i % 2 == 0:
-                    registration.append(measure(dns_port, lambda: post(api_port, "/register", endpoint), True))
-                else:
-                    registration.append(
-                        measure(dns_port, lambda: post(api_port, "/deregister", endpoint), False))
+                path = "/register" if i % 2 == 0 else "/deregister"
+                registration.append(
+                    measure(dns_port, lambda p=path: post(api_port, p, endpoint), path == "/register"))  # type: ignore[misc]
             post(api_port, "/register", {**endpoint, "heartbeat_timeout": 600})
             health = []
             for i in range(args.changes):

@@ -62,7 +62,7 @@ def _full(view: EndpointView) -> bool:
 def _sticky_order(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
     key, prefix = client_bucket(ctx.client)
     ctx.depend(prefix)
-    return [members[i][0] for i in _ring(members, ctx).order(hash_key(key))]
+    return [members[i][0] for i in _ring(members, ctx).walk(hash_key(key))]
 
 
 def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
@@ -73,7 +73,7 @@ def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> list[Endp
 
 def weighted(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
     draw = hash_key(ctx.draw().to_bytes(4, "big"))
-    return [members[i][0] for i in _ring(members, ctx).order(draw)]
+    return [members[i][0] for i in _ring(members, ctx).walk(draw)]
 
 
 def round_robin(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:

@@ -393,7 +393,8 @@ def report(servers: list[Server], args: argparse.Namespace) -> str:
             "",
             f"Fixed load, `-Q {args.rate}`, ECS /24:",
             "",
-            "| server | achieved qps | avg latency ms | max latency ms | lost % | server CPU busy |",
+            "| server | achieved qps | avg latency ms | max latency ms | lost % "
+            "| server core busy (all processes) |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for server in servers:

@@ -47,7 +47,7 @@ class ServiceView:
     last_good: frozenset[tuple[str, IPAddress, int | None]] = frozenset()
     # The answer engine's working values derived from this view (it fills them as
     # queries come; the view itself never changes, so they stay true while it lives).
-    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -291,3 +291,41 @@ def test_failover_demo_script_runs_the_story_in_under_a_minute() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.rstrip().endswith("ok: the whole story ran")
     print(f"examples/failover_demo.py took {time.monotonic() - start:.1f} s")
+
+
+def test_api_changes_reach_the_very_next_dns_answer(tmp_path: Path) -> None:
+    """With the answer cached (asked again and again), a registration, a drain, a return
+    and a deregistration each show in the first DNS answer after the API replied."""
+    import dns.message
+    import dns.query
+
+    hosts = ("127.0.0.31", "127.0.0.32")
+    port = free_port(hosts)
+    with ExitStack() as stack:
+        for host in hosts:
+            stack.callback(start_endpoint(host, port).stop)
+        gslb, dns_port, api_port = start_gslb(tmp_path / "state.sqlite")
+        stack.callback(gslb.stop)
+        query = dns.message.make_query(WWW, "A")
+
+        def answer() -> set[str]:
+            """The first answer, checked to be what the next two (from the cache) say."""
+            answers = []
+            for _ in range(3):
+                reply = dns.query.udp(query, "127.0.0.1", port=dns_port, timeout=2)
+                answers.append({r.address for rrset in reply.answer for r in rrset})
+            assert answers[0] == answers[1] == answers[2]
+            return answers[0]
+
+        first, second = ({"service": WWW, "pool": "eu-west", "address": host, "port": port}
+                         for host in hosts)
+        post(api_port, "/register", first)
+        assert answer() == {"127.0.0.31"}
+        post(api_port, "/register", {**second, "heartbeat_timeout": 600})
+        assert answer() == {"127.0.0.31", "127.0.0.32"}
+        post(api_port, "/heartbeat", {**second, "status": "draining"})
+        assert answer() == {"127.0.0.31"}
+        post(api_port, "/heartbeat", {**second, "status": "alive"})
+        assert answer() == {"127.0.0.31", "127.0.0.32"}
+        post(api_port, "/deregister", second)
+        assert answer() == {"127.0.0.31"}

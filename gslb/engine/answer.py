@@ -65,7 +65,8 @@ def answer(
     for _ in range(MAX_CNAME_CHAIN + 1):
         service = zone.services.get(name)
         if service is not None and (qtype == RType.A or qtype == RType.AAAA):
-            selection = select(service, RType(qtype), client, snapshot.locator, explain=explain)
+            rtype = qtype if isinstance(qtype, RType) else RType(qtype)
+            selection = select(service, rtype, client, snapshot.locator, explain=explain)
             trace.append(f"service {name}")
             trace.extend(selection.trace)
             scope = max(scope, selection.scope)

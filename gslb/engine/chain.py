@@ -15,6 +15,7 @@ same answer from the same snapshot.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,16 +58,19 @@ PRIVATE_NETWORKS = tuple(
 )
 
 
-# (version, first address, last address) of each, compared as integers: this runs for
-# every query that carries ECS
-_PRIVATE_RANGES = tuple(
-    (net.version, int(net.network_address), int(net.broadcast_address)) for net in PRIVATE_NETWORKS
-)
+# Per family, the ranges' first and last addresses as sorted integers (none overlap):
+# one bisection instead of a membership test per network, for every query with ECS.
+_PRIVATE_FIRST: dict[int, list[int]] = {4: [], 6: []}
+_PRIVATE_LAST: dict[int, list[int]] = {4: [], 6: []}
+for _net in sorted(PRIVATE_NETWORKS, key=lambda n: (n.version, n.network_address)):
+    _PRIVATE_FIRST[_net.version].append(int(_net.network_address))
+    _PRIVATE_LAST[_net.version].append(int(_net.broadcast_address))
 
 
 def is_private(address: IPAddress) -> bool:
-    version, value = address.version, int(address)
-    return any(v == version and first <= value <= last for v, first, last in _PRIVATE_RANGES)
+    value = int(address)
+    i = bisect.bisect_right(_PRIVATE_FIRST[address.version], value) - 1
+    return i >= 0 and value <= _PRIVATE_LAST[address.version][i]
 
 
 def effective_client(client: Client, locator: Locator | None) -> tuple[Client, str | None]:

@@ -9,6 +9,7 @@ the GSLB builds the same ring and gives every client the same answer.
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,8 +22,10 @@ MAX_VNODES = 50 * VNODES_LIGHTEST  # weight ratios beyond 50:1 saturate
 
 @dataclass(frozen=True, slots=True)
 class Ring:
-    points: tuple[int, ...]  # sorted hash points
-    owners: tuple[int, ...]  # owners[i]: index of the member that owns points[i]
+    # Arrays of machine integers, not tuples of ints: a ring has a thousand points per
+    # member, and a thousand services' rings must fit in memory.
+    points: Sequence[int]  # sorted hash points (array of 32-bit unsigned)
+    owners: Sequence[int]  # owners[i]: index of the member that owns points[i]
     size: int  # number of members
 
     def pick(self, key: int, count: int) -> list[int]:
@@ -58,7 +61,7 @@ def make_ring(members: tuple[tuple[str, float], ...]) -> Ring:
     changes far less often than it is queried.
     """
     if not members:
-        return Ring((), (), 0)
+        return Ring(array("I"), array("H"), 0)
     lightest = min(weight for _, weight in members)
     pairs: list[tuple[int, int]] = []
     for index, (member_id, weight) in enumerate(members):
@@ -66,7 +69,8 @@ def make_ring(members: tuple[tuple[str, float], ...]) -> Ring:
         for v in range(vnodes):
             pairs.append((mmh3.hash(f"{member_id}#{v}", signed=False), index))
     pairs.sort()
-    return Ring(tuple(p for p, _ in pairs), tuple(o for _, o in pairs), len(members))
+    owner_type = "H" if len(members) <= 0xFFFF else "I"
+    return Ring(array("I", [p for p, _ in pairs]), array(owner_type, [o for _, o in pairs]), len(members))
 
 
 def hash_key(data: bytes) -> int:

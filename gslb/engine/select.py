@@ -24,7 +24,7 @@ when no candidate has a weight.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from gslb.engine.context import Context, client_bucket, member_id
 from gslb.engine.ring import Ring, hash_key, make_ring
@@ -65,10 +65,21 @@ def _sticky_order(members: list[tuple[EndpointView, float]], ctx: Context) -> li
     return [members[i][0] for i in _ring(members, ctx).walk(hash_key(key))]
 
 
-def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
-    order = _sticky_order(members, ctx)
-    open_ = [c for c in order if not _full(c)]
-    return open_ or order
+def sticky(members: list[tuple[EndpointView, float]], ctx: Context) -> Iterator[EndpointView]:
+    # Lazy: the step stops after ``answers`` picks, so the ring is walked only that far.
+    key, prefix = client_bucket(ctx.client)
+    ctx.depend(prefix)
+    full = []
+    any_open = False
+    for i in _ring(members, ctx).walk(hash_key(key)):
+        member = members[i][0]
+        if _full(member):
+            full.append(member)
+        else:
+            any_open = True
+            yield member
+    if not any_open:  # every one at its cap: they take clients all the same
+        yield from full
 
 
 def weighted(members: list[tuple[EndpointView, float]], ctx: Context) -> list[EndpointView]:
@@ -99,7 +110,7 @@ def fill(members: list[tuple[EndpointView, float]], ctx: Context) -> list[Endpoi
     return open_ + [c for c in declared if _full(c)]
 
 
-POLICIES: dict[Policy, Callable[[list[tuple[EndpointView, float]], Context], list[EndpointView]]] = {
+POLICIES: dict[Policy, Callable[[list[tuple[EndpointView, float]], Context], Iterable[EndpointView]]] = {
     Policy.STICKY: sticky,
     Policy.WEIGHTED: weighted,
     Policy.ROUND_ROBIN: round_robin,

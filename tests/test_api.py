@@ -10,7 +10,7 @@ import logging
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -124,30 +124,6 @@ class Api:
 Serve = Callable[..., Api]
 
 
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Starts the API over a registry; everything started is stopped after the test."""
-    servers: list[ServerThread] = []
-
-    def start(registry: Registry, token: str | None = None) -> Api:
-        server = ServerThread(make_app(registry, token))
-        server.start()
-        servers.append(server)
-        return Api(f"http://127.0.0.1:{server.port}", registry)
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def stores() -> Iterator[list[SqliteStore]]:
-    opened: list[SqliteStore] = []
-    yield opened
-    for store in opened:
-        store.close()
-
-
 def open_registry(
     path: Path, stores: list[SqliteStore], store_type: type[SqliteStore] = SqliteStore
 ) -> Registry:
@@ -156,11 +132,6 @@ def open_registry(
     registry = Registry(store)
     registry.load_zones(load_zones(ZONES))
     return registry
-
-
-@pytest.fixture
-def api(serve: Serve, stores: list[SqliteStore], tmp_path: Path) -> Api:
-    return serve(open_registry(tmp_path / "state.sqlite", stores))
 
 
 def answered(registry: Registry, name: str = WWW + ".") -> set[IPAddress]:

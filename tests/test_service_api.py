@@ -3,20 +3,18 @@ document: the real app on port 0 over a real registry and SQLite store, real HTT
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_api import TOKEN, WWW, ZONES, A, Api, B, ServerThread, answered, open_registry, reg
+from test_api import TOKEN, WWW, ZONES, A, Api, B, Serve, answered, open_registry, reg
 
 from gslb.api.app import make_app
 from gslb.config import load_zones
 from gslb.registry import Registry
 from gslb.store.sqlite import SqliteStore
 
-Serve = Callable[..., Api]
 SHOP = "shop.gslb.example.com"
 SHOP_SPEC: dict[str, Any] = {
     "ttl": 15,
@@ -27,34 +25,6 @@ SHOP_SPEC: dict[str, Any] = {
                  "allow": ["192.0.2.0/24"]},
     },
 }
-
-
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    servers: list[ServerThread] = []
-
-    def start(registry: Registry, token: str | None = None, **kwargs: Any) -> Api:
-        server = ServerThread(make_app(registry, token, **kwargs))
-        server.start()
-        servers.append(server)
-        return Api(f"http://127.0.0.1:{server.port}", registry)
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def stores() -> Iterator[list[SqliteStore]]:
-    opened: list[SqliteStore] = []
-    yield opened
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def api(serve: Serve, stores: list[SqliteStore], tmp_path: Path) -> Api:
-    return serve(open_registry(tmp_path / "state.sqlite", stores))
 
 
 def serial(registry: Registry) -> int:

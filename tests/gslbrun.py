@@ -7,7 +7,8 @@ import json
 import urllib.request
 from pathlib import Path
 
-from test_e2e import GSLB, Process
+import test_e2e as e2e
+from test_e2e import Process
 
 APEX = "gslb.example.com"
 
@@ -25,15 +26,8 @@ def write_zone(directory: Path, services: str) -> Path:
 
 
 def start_gslb(zones: Path, state: Path, *flags: str) -> tuple[Process, int, int]:
-    """``gslb serve`` on 127.0.0.1 port 0 (DNS and API); returns it and both ports."""
-    proc = Process.start(
-        [str(GSLB), "serve", "--dns", "127.0.0.1:0", "--api", "127.0.0.1:0",
-         "--state", str(state), "--zones", str(zones), *flags],
-        r"serving \d+ zone",
-    )
-    dns_port = int(proc.find(r"dns listening on 127\.0\.0\.1:(\d+)").group(1))
-    api_port = int(proc.find(r"api listening on http://127\.0\.0\.1:(\d+)").group(1))
-    return proc, dns_port, api_port
+    """``gslb serve`` on ``zones``, on 127.0.0.1 port 0; returns it and both ports."""
+    return e2e.start_gslb(state, zones, *flags)
 
 
 def endpoint_states(api_port: int, service: str, timeout: float = 5) -> dict[str, str]:

@@ -102,10 +102,11 @@ def start_endpoint(address: str, port: int) -> Process:
     )
 
 
-def start_gslb(state: Path) -> tuple[Process, int, int]:
+def start_gslb(state: Path, zones: Path = ROOT / "zones", *flags: str) -> tuple[Process, int, int]:
+    """``gslb serve`` on 127.0.0.1 port 0 (DNS and API); returns it and both ports."""
     proc = Process.start(
         [str(GSLB), "serve", "--dns", "127.0.0.1:0", "--api", "127.0.0.1:0",
-         "--state", str(state), "--zones", str(ROOT / "zones")],
+         "--state", str(state), "--zones", str(zones), *flags],
         r"serving \d+ zone",
     )
     dns_port = int(proc.find(r"dns listening on 127\.0\.0\.1:(\d+)").group(1))

@@ -9,19 +9,17 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e import Process
+from gslbrun import start_gslb
 from test_health import HealthServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-GSLB = Path(sys.executable).with_name("gslb")
 WWW = "www.load.test"
 INTERVAL = 1.0
 FLOOD_SECONDS = 8
@@ -76,14 +74,8 @@ def test_dns_flood_causes_no_false_failover(
     zones = tmp_path / "zones"
     zones.mkdir()
     (zones / "load.yaml").write_text(ZONE)
-    proc = Process.start(
-        [str(GSLB), "serve", "--dns", "127.0.0.1:0", "--api", "127.0.0.1:0", "--geoip", "none",
-         "--state", str(tmp_path / "state.sqlite"), "--zones", str(zones)],
-        r"serving \d+ zone",
-    )
+    proc, dns_port, api_port = start_gslb(zones, tmp_path / "state.sqlite", "--geoip", "none")
     try:
-        dns_port = int(proc.find(r"dns listening on 127\.0\.0\.1:(\d+)").group(1))
-        api_port = int(proc.find(r"api listening on http://127\.0\.0\.1:(\d+)").group(1))
         for server in endpoints:
             api(api_port, "POST", "/register", {"service": WWW, "pool": "main",
                                                 "address": server.host, "port": server.port})

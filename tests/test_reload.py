@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,11 +15,10 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from test_e2e import Process
+from gslbrun import start_gslb
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-GSLB = Path(sys.executable).with_name("gslb")
 
 ZONE = """zone: reload.test
 nameservers: {ns1: [127.0.0.1]}
@@ -59,14 +57,8 @@ def test_reload_applies_good_files_and_refuses_bad_ones(tmp_path: Path) -> None:
     zones.mkdir()
     zone_file = zones / "reload.yaml"
     zone_file.write_text(ZONE.replace("ADDRESS", "192.0.2.1"))
-    proc = Process.start(
-        [str(GSLB), "serve", "--dns", "127.0.0.1:0", "--api", "127.0.0.1:0", "--geoip", "none",
-         "--state", str(tmp_path / "state.sqlite"), "--zones", str(zones)],
-        r"serving \d+ zone",
-    )
+    proc, dns_port, api_port = start_gslb(zones, tmp_path / "state.sqlite", "--geoip", "none")
     try:
-        dns_port = int(proc.find(r"dns listening on 127\.0\.0\.1:(\d+)").group(1))
-        api_port = int(proc.find(r"api listening on http://127\.0\.0\.1:(\d+)").group(1))
         answered, first_serial = lookup(dns_port, "a.reload.test")
         assert answered == {"192.0.2.1"}
 

@@ -27,6 +27,7 @@ from gslb.apiclient import ApiClient
 from gslb.config import load_zones
 from gslb.daemon import Gslb, Settings
 from gslb.errors import ConfigError, GslbError, Unreachable
+from gslb.model import endpoint_label
 
 log = logging.getLogger("gslb")
 
@@ -285,10 +286,7 @@ def _explain_lines(result: Any) -> list[str]:
 
 
 def _endpoint_name(endpoint: Any) -> str:
-    address = str(endpoint["address"])
-    if endpoint.get("port") is None:
-        return address
-    return f"[{address}]:{endpoint['port']}" if ":" in address else f"{address}:{endpoint['port']}"
+    return endpoint_label(endpoint["address"], endpoint.get("port"))
 
 
 def _endpoint_lines(result: Any) -> list[str]:

@@ -95,7 +95,7 @@ class _Collector(Collector):
         for zone in snap.zones.values():
             for name, view in zone.services.items():
                 for ep in view.endpoints:
-                    up.add_metric([name.rstrip("."), ep.pool.name, _endpoint(ep.endpoint.key)],
+                    up.add_metric([name.rstrip("."), ep.pool.name, ep.endpoint.label],
                                   1.0 if ep.health.serving else 0.0)
                     registered += ep.endpoint.registered
         yield up
@@ -158,10 +158,3 @@ def _type_name(qtype: int) -> str:
     except ValueError:
         return f"TYPE{qtype}"
 
-
-def _endpoint(key: tuple[object, int | None]) -> str:
-    address, port = key
-    text = str(address)
-    if port is None:
-        return text
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"

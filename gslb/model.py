@@ -161,6 +161,18 @@ class Endpoint:
     def key(self) -> tuple[IPAddress, int | None]:
         return (self.address, self.port)
 
+    @property
+    def label(self) -> str:
+        return endpoint_label(self.address, self.port)
+
+
+def endpoint_label(address: IPAddress | str, port: int | None) -> str:
+    """ADDRESS, ADDRESS:PORT or [IPV6]:PORT: how the API's paths and metrics name it."""
+    text = str(address)
+    if port is None:
+        return text
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
 
 @dataclass(frozen=True, slots=True)
 class Location:

@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from gslb.dns.stats import DnsStats
+from gslb.engine.answer import Rcode
 from gslb.model import EndpointRef, HealthCheck, RType
 from gslb.snapshot import Snapshot
 
@@ -115,7 +116,7 @@ def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetri
     queries = CounterMetricFamily("gslb_dns_queries", "DNS replies sent, by question type and rcode",
                                   labels=["qtype", "rcode"])
     for (qtype, rcode), count in sorted(dns.replies.items()):
-        queries.add_metric([_type_name(qtype), _RCODES.get(rcode, str(rcode))], count)
+        queries.add_metric([_type_name(qtype), _rcode_name(rcode)], count)
     yield queries
     dropped = CounterMetricFamily("gslb_dns_dropped", "DNS queries not answered, by reason",
                                   labels=["reason"])
@@ -148,13 +149,15 @@ def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetri
     yield histogram
 
 
-_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
-           16: "BADVERS"}
-
-
 def _type_name(qtype: int) -> str:
     try:
         return RType(qtype).name
     except ValueError:
         return f"TYPE{qtype}"
 
+
+def _rcode_name(rcode: int) -> str:
+    try:
+        return Rcode(rcode).name
+    except ValueError:
+        return str(rcode)

@@ -7,7 +7,8 @@ figures go straight into prometheus-client metrics, which are thread-safe.
 
     gslb_dns_queries_total{qtype, rcode}        replies sent, by question type and rcode
     gslb_dns_dropped_total{reason}              queries not answered (rrl, malformed, busy)
-    gslb_dns_response_seconds                   histogram: datagram in -> reply bytes
+    gslb_dns_response_seconds                   histogram: datagram in -> reply bytes, for
+                                                replies computed in full (not cache hits)
     gslb_dns_cache_hits_total, ..._misses_total response cache
     gslb_answers_total{service, pool}           address answers, by the pool they came from
     gslb_endpoint_answers_total{service, pool, endpoint}
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from gslb.dns.stats import DnsStats
 from gslb.engine.answer import Rcode
-from gslb.model import EndpointRef, HealthCheck, RType
+from gslb.model import EndpointRef, HealthCheck, RType, endpoint_label
 from gslb.snapshot import Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -113,9 +114,10 @@ class _Collector(Collector):
 
 
 def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    summary = dns.summary()
     queries = CounterMetricFamily("gslb_dns_queries", "DNS replies sent, by question type and rcode",
                                   labels=["qtype", "rcode"])
-    for (qtype, rcode), count in sorted(dns.replies.items()):
+    for (qtype, rcode), count in sorted(summary.replies.items()):
         queries.add_metric([_type_name(qtype), _rcode_name(rcode)], count)
     yield queries
     dropped = CounterMetricFamily("gslb_dns_dropped", "DNS queries not answered, by reason",
@@ -123,23 +125,25 @@ def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetri
     for reason, count in sorted(dns.dropped.items()):
         dropped.add_metric([reason], count)
     yield dropped
-    cache = dns.cache
     yield CounterMetricFamily("gslb_dns_cache_hits", "replies from the response cache",
-                              value=0 if cache is None else cache.hits)
+                              value=summary.cache_hits)
     yield CounterMetricFamily("gslb_dns_cache_misses", "queries the response cache did not hold",
-                              value=0 if cache is None else cache.misses)
+                              value=summary.cache_misses)
     pools = CounterMetricFamily("gslb_answers", "address answers, by service and pool",
                                 labels=["service", "pool"])
-    endpoints = CounterMetricFamily("gslb_endpoint_answers", "times each endpoint was answered",
+    endpoints = CounterMetricFamily("gslb_endpoint_answers", "answers naming each endpoint",
                                     labels=["service", "pool", "endpoint"])
-    for (service, pool), count in sorted(dns.answers.items()):
-        pools.add_metric([service, pool], count)
-    for (service, pool, endpoint), count in sorted(dns.answered.items()):
-        endpoints.add_metric([service, pool, endpoint], count)
+    for (service, pool), count in sorted(summary.answers.items()):
+        pools.add_metric([service.rstrip("."), pool], count)
+    for (service, pool, address, port), count in sorted(
+        summary.answered.items(), key=lambda item: (item[0][0], item[0][1], str(item[0][2]))
+    ):
+        endpoints.add_metric([service.rstrip("."), pool, endpoint_label(address, port)], count)
     yield pools
     yield endpoints
-    histogram = HistogramMetricFamily("gslb_dns_response_seconds",
-                                      "time from datagram in to reply bytes (seconds)")
+    histogram = HistogramMetricFamily(
+        "gslb_dns_response_seconds",
+        "time to compute replies in full, datagram in to reply bytes (cache hits not timed)")
     cumulative, buckets = 0, []
     for bound, count in zip(dns.latency_bounds, dns.latency_counts, strict=False):
         cumulative += count

@@ -126,6 +126,14 @@ class Pair:
         assert got == expected, (data.hex(), source, tcp)
         return got
 
+    def assert_same_counts(self) -> None:
+        """Replies from the cache count exactly as the full path's: type, rcode, pool
+        and endpoint."""
+        cached, plain = self.cached.stats.summary(), self.plain.stats.summary()
+        assert cached.replies == plain.replies
+        assert cached.answers == plain.answers
+        assert cached.answered == plain.answered
+
 
 @pytest.fixture
 def pair(registry: Registry) -> Pair:
@@ -184,6 +192,7 @@ def test_cached_reply_is_the_full_paths_reply(
         neighbour = _neighbour(source[0])
         pair.check(query, (neighbour, 5353), tcp)
         pair.check(query[:12] + _swap_case(query[12:], data), source, tcp)
+    pair.assert_same_counts()
 
 
 def _neighbour(host: str) -> str:
@@ -217,6 +226,32 @@ def test_hits_are_counted_and_most_queries_hit(pair: Pair) -> None:
     cache = pair.cached.cache
     assert cache is not None
     assert cache.hits > 1700  # some 200 distinct questions (more per resolver), then hits
+    pair.assert_same_counts()
+    assert sum(pair.cached.stats.summary().replies.values()) == 2000
+
+
+def test_counts_survive_new_snapshots_and_a_full_cache() -> None:
+    """Hits are counted on cache entries; entries dropped (a new snapshot, the cache
+    full) keep their counts, and a cache nobody reads keeps a bounded list of them."""
+    registry = _registry()
+    small = Pair(DnsServer(lambda: registry.snapshot, cache_size=8),
+                 DnsServer(lambda: registry.snapshot, cache_size=0))
+    rng = random.Random(7)
+    names = [n for n in NAMES if "weighted" not in n and "round-robin" not in n]
+    for round_ in range(6):
+        for _ in range(300):
+            q = dns.message.make_query(rng.choice(names), rng.choice(["A", "AAAA", "MX"]),
+                                       use_edns=0,
+                                       options=[dns.edns.ECSOption(rng.choice(ECS_ADDRESSES), 24)])
+            small.check(q.to_wire(), (rng.choice(SOURCES), 53), False)
+        # a new snapshot: the cache empties at the next query
+        registry.register(f"single.{APEX}", "only", Endpoint(ip_address(f"10.9.1.{round_}")))
+        assert small.cached.cache is not None
+        assert len(small.cached.cache._touched) <= 8
+    small.assert_same_counts()
+    summary = small.cached.stats.summary()
+    assert sum(summary.replies.values()) == 1800
+    assert summary.cache_hits > 0
 
 
 def _addresses(reply: bytes | None) -> list[str]:

@@ -12,6 +12,10 @@ Entries hold for one snapshot: the first query that sees a new snapshot empties 
 cache, so a change is visible in the very next answer. On a hit only the ID is
 patched, and the question's letter case when the reply's layout cannot depend on it.
 
+A hit is counted on its entry (one integer increment); each entry carries the
+``Tally`` its replies count as (type, rcode, endpoints: see ``gslb.dns.stats``), and
+``fold()`` sums the hits of the entries touched since the last fold by tally.
+
 A UDP query whose bytes after the ID were seen before, spelled the same, is found
 by those bytes alone (one slice and one dictionary lookup: what repeats in practice).
 Otherwise lookup parses only the header and the question name's framing; anything
@@ -22,12 +26,16 @@ is a miss and goes to the full parser, which alone decides what may be stored.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gslb.engine.answer import Answer
 from gslb.model import IPAddress, RType
 from gslb.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from gslb.dns.stats import Tally
 
 DEFAULT_CAPACITY = 65_536  # entries; about 30 MB at most with typical replies
 SOURCE_PREFIX_V4 = 24  # resolver subnets that share entries
@@ -45,9 +53,19 @@ class _PerSource:
 
 _PER_SOURCE = _PerSource()
 
-# An entry: the reply as first packed, the question name it was packed for, and
-# whether another spelling of that name may be patched in.
-_Entry = tuple[bytes, bytes, bool]
+class _Entry:
+    """A reply as first packed, the question name it was packed for, whether another
+    spelling of that name may be patched in, and what its hits count as."""
+
+    __slots__ = ("reply", "tail", "spelled", "patchable", "tally", "hits")
+
+    def __init__(self, reply: bytes, spelled: bytes, patchable: bool, tally: Tally) -> None:
+        self.reply = reply
+        self.tail = reply[2:]  # all but the ID
+        self.spelled = spelled
+        self.patchable = patchable
+        self.tally = tally
+        self.hits = 0  # since the last fold
 
 
 class ResponseCache:
@@ -56,23 +74,55 @@ class ResponseCache:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self._entries: dict[Any, _Entry | _PerSource] = {}
-        # UDP replies that depend on nothing but the query, minus their ID, by the
-        # query's exact bytes after its ID
-        self._exact: dict[bytes, bytes] = {}
+        # UDP replies that depend on nothing but the query, by the query's exact bytes
+        # after its ID
+        self._exact: dict[bytes, _Entry] = {}
         self._snapshot: Snapshot | None = None
-        self.hits = 0
+        self._touched: list[_Entry] = []  # entries hit since the last fold
+        self._folded: Counter[Tally] = Counter()  # hits of entries touched before it
+        self._hits = 0  # as of the last fold
         self.misses = 0
 
     def __len__(self) -> int:
         return max(len(self._entries), len(self._exact))
 
+    @property
+    def hits(self) -> int:
+        """Replies served from the cache so far."""
+        self._fold()
+        return self._hits
+
+    def fold(self) -> Counter[Tally]:
+        """Every hit so far, by the tally of the entry that served it."""
+        self._fold()
+        return Counter(self._folded)
+
+    def _fold(self) -> None:
+        folded = self._folded
+        for entry in self._touched:
+            folded[entry.tally] += entry.hits
+            self._hits += entry.hits
+            entry.hits = 0
+        self._touched.clear()
+
+    def _hit(self, entry: _Entry) -> None:
+        if not entry.hits:
+            touched = self._touched
+            if len(touched) >= self.capacity:  # nobody folds: keep the list bounded
+                self._fold()
+            touched.append(entry)
+        entry.hits += 1
+
     def lookup(self, data: bytes, source: Any, tcp: bool, snapshot: Snapshot) -> bytes | None:
         """The reply to ``data`` from the cache, or ``None`` on a miss."""
         if snapshot is self._snapshot and not tcp:
-            tail = self._exact.get(data[2:])
-            if tail is not None:
-                self.hits += 1
-                return data[:2] + tail
+            exact = self._exact.get(data[2:])
+            if exact is not None:
+                if exact.hits:
+                    exact.hits += 1
+                else:
+                    self._hit(exact)
+                return data[:2] + exact.tail
         if snapshot is not self._snapshot:
             self._entries.clear()
             self._exact.clear()
@@ -106,13 +156,13 @@ class ResponseCache:
         if entry is None:
             self.misses += 1
             return None
-        reply, spelled, patchable = entry  # type: ignore[misc]
-        if name == spelled:
-            self.hits += 1
-            return data[:2] + reply[2:]
-        if patchable:
-            self.hits += 1
-            return data[:2] + reply[2:12] + name + reply[end:]
+        assert isinstance(entry, _Entry)
+        if name == entry.spelled:
+            self._hit(entry)
+            return data[:2] + entry.tail
+        if entry.patchable:
+            self._hit(entry)
+            return data[:2] + entry.reply[2:12] + name + entry.reply[end:]
         self.misses += 1
         return None
 
@@ -125,8 +175,10 @@ class ResponseCache:
         qname: str,
         result: Answer,
         reply: bytes,
+        tally: Tally,
     ) -> None:
-        """Keep ``reply``, the full path's reply to ``data`` from ``snapshot``, if it may be."""
+        """Keep ``reply``, the full path's reply to ``data`` from ``snapshot``, if it may
+        be; its hits will count as ``tally``."""
         if snapshot is not self._snapshot or result.per_query or not self.capacity:
             return
         end = _name_end(data)
@@ -145,11 +197,11 @@ class ResponseCache:
         patchable = not result.authority and not result.additional and all(
             record.name == qname and record.rtype in _ADDRESS_TYPES for record in result.answer
         )
-        entry = (reply, name, patchable)
+        entry = _Entry(reply, name, patchable, tally)
         if result.source_scope is None:
             entries[key] = entry
             if not tcp:
-                self._exact[data[2:]] = reply[2:]
+                self._exact[data[2:]] = entry
             return
         bucket, prefix = _source_bucket(source)
         if result.source_scope > prefix:

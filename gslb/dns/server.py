@@ -18,9 +18,10 @@ from typing import Any, cast
 
 from gslb.dns import wire
 from gslb.dns.cache import DEFAULT_CAPACITY, ResponseCache
+from gslb.dns.querylog import QueryLog
 from gslb.dns.rrl import ResponseRateLimiter
-from gslb.dns.stats import DnsStats
-from gslb.engine.answer import answer
+from gslb.dns.stats import DnsStats, EndpointKey
+from gslb.engine.answer import Answer, answer
 from gslb.engine.context import Client
 from gslb.model import IPAddress
 from gslb.snapshot import Snapshot
@@ -48,8 +49,10 @@ class DnsServer:
         max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
         rrl: ResponseRateLimiter | None = None,
         cache_size: int = DEFAULT_CAPACITY,
+        query_log: QueryLog | None = None,
     ) -> None:
-        """``cache_size``: entries of the response cache; 0 turns the cache off."""
+        """``cache_size``: entries of the response cache; 0 turns the cache off.
+        ``query_log``: writes a line for the queries it samples."""
         self._snapshots = snapshots
         self.cache = ResponseCache(cache_size) if cache_size > 0 else None
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -57,6 +60,7 @@ class DnsServer:
         self.max_tcp_connections = max_tcp_connections
         self.rrl = rrl
         self.stats = DnsStats(cache=self.cache)
+        self.query_log = query_log
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[_TcpConnection] = set()
@@ -64,30 +68,37 @@ class DnsServer:
 
     def respond(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:
         """The reply to one DNS message, or ``None`` when it deserves none. Never raises."""
-        started = perf_counter()
-        reply = self._reply(data, source_address, tcp)
-        stats = self.stats
-        if reply is None:
-            stats.dropped["not a query"] += 1
-        else:
-            # the question's type, found the cheap way: after the name's final zero
-            end = data.find(0, 12)
-            qtype = data[end + 1] << 8 | data[end + 2] if 0 < end < len(data) - 2 else 0
-            stats.replies[(qtype, reply[3] & 0x0F)] += 1
-        stats.observe(perf_counter() - started)
-        return reply
-
-    def _reply(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:
+        query_log = self.query_log
+        if query_log is not None and query_log.sample():
+            return self._logged(data, source_address, tcp)
         try:
             snapshot = self._snapshots()
             cache = self.cache
             if cache is not None:
                 reply = cache.lookup(data, source_address, tcp, snapshot)
                 if reply is not None:
-                    return reply
+                    return reply  # counted on its cache entry
+        except Exception:
+            return self._failed(data, source_address)
+        started = perf_counter()  # after the cache: hits are not timed (see gslb.dns.stats)
+        reply = self._compute(data, source_address, tcp, snapshot)[0]
+        self.stats.observe(perf_counter() - started)
+        return reply
+
+    def _compute(
+        self, data: bytes, source_address: SourceAddress, tcp: bool, snapshot: Snapshot
+    ) -> tuple[bytes | None, wire.Query | None, Answer | None]:
+        """The full path: parse, answer, pack, count, and keep in the cache if it may be."""
+        stats = self.stats
+        query: wire.Query | bytes | None = None
+        try:
             query = wire.parse_query(data)
             if not isinstance(query, wire.Query):
-                return query
+                if query is None:
+                    stats.dropped["not a query"] += 1
+                else:
+                    stats.tallies[(_question_type(data), query[3] & 0x0F, ())] += 1
+                return query, None, None
             source = _source_ip(source_address)
             ecs = query.client
             client = (
@@ -98,12 +109,38 @@ class DnsServer:
             qtype = query.rtype if query.rtype is not None else query.question.qtype
             result = answer(snapshot, query.qname, qtype, client, explain=False)
             reply = wire.pack_answer(query, result, tcp)
+            tally = (query.question.qtype, reply[3] & 0x0F, _endpoint_keys(result))
+            stats.tallies[tally] += 1
+            cache = self.cache
             if cache is not None:
-                cache.store(data, source_address, tcp, snapshot, query.qname, result, reply)
-            return reply
+                cache.store(data, source_address, tcp, snapshot, query.qname, result, reply, tally)
+            return reply, query, result
         except Exception:
-            log.exception("SERVFAIL: query from %s failed", _describe(source_address))
-            return wire.servfail(data)
+            return self._failed(data, source_address), (
+                query if isinstance(query, wire.Query) else None), None
+
+    def _failed(self, data: bytes, source_address: SourceAddress) -> bytes | None:
+        """SERVFAIL for a query that raised: logged once, counted."""
+        log.exception("SERVFAIL: query from %s failed", _describe(source_address))
+        reply = wire.servfail(data)
+        if reply is not None:
+            self.stats.tallies[(_question_type(data), reply[3] & 0x0F, ())] += 1
+        return reply
+
+    def _logged(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:
+        """The full path for a sampled query, with its log line (the cache's reply would
+        be the same bytes: the cache keeps only what the full path gives)."""
+        started = perf_counter()
+        try:
+            snapshot = self._snapshots()
+        except Exception:
+            return self._failed(data, source_address)
+        reply, query, result = self._compute(data, source_address, tcp, snapshot)
+        elapsed = perf_counter() - started
+        self.stats.observe(elapsed)
+        assert self.query_log is not None
+        self.query_log.write(_describe(source_address), tcp, query, result, reply, elapsed)
+        return reply
 
     async def start(self, host: str, port: int) -> int:
         """Listen on UDP and TCP ``host``:``port``; port 0 picks one free for both.
@@ -153,6 +190,22 @@ def _source_ip(source: SourceAddress) -> IPAddress:
     if isinstance(source, IPv4Address | IPv6Address):
         return source
     return _ip_of_host(source[0])
+
+
+def _question_type(data: bytes) -> int:
+    """The question's type, found the cheap way: after the name's final zero (or 0)."""
+    end = data.find(0, 12)
+    return data[end + 1] << 8 | data[end + 2] if 0 < end < len(data) - 2 else 0
+
+
+def _endpoint_keys(result: Answer) -> tuple[EndpointKey, ...]:
+    service = result.service
+    if service is None:
+        return ()
+    return tuple(
+        (service, view.pool.name, view.endpoint.address, view.endpoint.port)
+        for view in result.chosen
+    )
 
 
 def _describe(source: object) -> str:

@@ -1,6 +1,16 @@
 """What the DNS front counts, as plain integers: bumped on the query path without a
 lock or a label lookup (the event loop is the only writer), read by ``gslb.metrics``
-when Prometheus scrapes.
+and the API when they ask.
+
+A reply is counted as a ``Tally``: its question type, its rcode and the endpoints its
+addresses came from. A reply computed in full is counted at once; a reply from the
+response cache only bumps its cache entry's hit count, which the cache folds into
+its own tallies when asked (``ResponseCache.fold``): so a cache hit costs one integer
+increment, and still counts by type, rcode, service, pool and endpoint.
+
+The response-time histogram times the replies computed in full (cache misses and
+uncacheable answers). Cache hits are not timed: the two clock reads would cost a
+fifth of a hit, and a hit's time is a dictionary lookup (``benchmarks/respond.py``).
 """
 
 from __future__ import annotations
@@ -8,21 +18,25 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 
 from gslb.dns.cache import ResponseCache
 
-# Upper bounds (seconds) of the response-time histogram: a cached reply takes a few
-# microseconds, a cold one tens, a slow one (GC pause, huge answer) milliseconds.
-LATENCY_BOUNDS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
+# Upper bounds (seconds) of the response-time histogram: a cold reply takes tens of
+# microseconds, a slow one (GC pause, huge answer) milliseconds.
+LATENCY_BOUNDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
+
+# (service, pool, address, port): an endpoint an answer named
+EndpointKey = tuple[str, str, IPv4Address | IPv6Address, int | None]
+# (qtype, rcode, endpoints the answer's addresses came from)
+Tally = tuple[int, int, tuple[EndpointKey, ...]]
 
 
 @dataclass(slots=True)
 class DnsStats:
-    replies: Counter[tuple[int, int]] = field(default_factory=Counter)  # (qtype, rcode)
+    tallies: Counter[Tally] = field(default_factory=Counter)  # replies computed in full
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> queries
-    cache: ResponseCache | None = None  # its own hits and misses
-    answers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, pool)
-    answered: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # + endpoint
+    cache: ResponseCache | None = None  # the hits it served, with their tallies
     latency_bounds: tuple[float, ...] = LATENCY_BOUNDS
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     latency_sum: float = 0.0
@@ -30,3 +44,35 @@ class DnsStats:
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect_left(self.latency_bounds, seconds)] += 1
         self.latency_sum += seconds
+
+    def totals(self) -> Counter[Tally]:
+        """Every reply so far, computed or from the cache, by tally."""
+        totals = Counter(self.tallies)
+        if self.cache is not None:
+            totals.update(self.cache.fold())
+        return totals
+
+    def summary(self) -> StatsSummary:
+        """The counts by the labels metrics and the API show."""
+        summary = StatsSummary()
+        for (qtype, rcode, endpoints), count in self.totals().items():
+            summary.replies[(qtype, rcode)] += count
+            pools = set()
+            for service, pool, address, port in endpoints:
+                summary.answered[(service, pool, address, port)] += count
+                pools.add((service, pool))
+            for key in pools:
+                summary.answers[key] += count
+        if self.cache is not None:
+            summary.cache_hits = self.cache.hits
+            summary.cache_misses = self.cache.misses
+        return summary
+
+
+@dataclass(slots=True)
+class StatsSummary:
+    replies: Counter[tuple[int, int]] = field(default_factory=Counter)  # (qtype, rcode)
+    answers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, pool)
+    answered: Counter[EndpointKey] = field(default_factory=Counter)  # per endpoint
+    cache_hits: int = 0
+    cache_misses: int = 0

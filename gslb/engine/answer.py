@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from gslb.engine.chain import select
 from gslb.engine.context import Client
 from gslb.model import HINFOData, MXData, NameData, Record, RType, SOAData
-from gslb.snapshot import Snapshot, ZoneView
+from gslb.snapshot import EndpointView, Snapshot, ZoneView
 
 MAX_CNAME_CHAIN = 8  # links followed before answering with what we have
 
@@ -42,6 +42,9 @@ class Answer:
     # whether the answer drew on the query's ID (it may differ for the next query).
     source_scope: int | None = None
     per_query: bool = False
+    # The service answered and the endpoints its address records came from, in order.
+    service: str | None = None
+    chosen: tuple[EndpointView, ...] = ()
 
 
 def answer(
@@ -83,6 +86,8 @@ def answer(
                 trace=tuple(trace),
                 source_scope=selection.source_scope,
                 per_query=selection.per_query,
+                service=name,
+                chosen=selection.chosen,
             )
 
         rrset = zone.rrsets.get((name, qtype))

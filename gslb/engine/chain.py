@@ -47,6 +47,7 @@ class Selection:
     # or an unusable one); None when no step read it.
     source_scope: int | None = None
     per_query: bool = False  # drew on the query's nonce: another query may differ
+    chosen: tuple[EndpointView, ...] = ()  # the endpoints the records name, in order
 
 
 # Address space that names no place: RFC 1918, shared (CGNAT), loopback, link-local, ULA.
@@ -145,4 +146,5 @@ def select(
         tuple(ctx.trace),
         source_scope=ctx.scope if ctx.consulted and not from_ecs else None,
         per_query=ctx.per_query,
+        chosen=tuple(candidates),
     )

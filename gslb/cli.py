@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--rrl-slip", type=_non_negative(int), default=_env("rrl_slip", "2"),
                        help="send every Nth rate-limited response truncated (TC=1) so "
                             "resolvers retry over TCP; 0 drops them all (default: 2)")
+    serve.add_argument("--query-log", type=_non_negative(int), default=_env("query_log", "0"),
+                       metavar="N",
+                       help="log one DNS query in N on logger gslb.query (1: every "
+                            "query); 0 turns it off (default: 0, off)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default=_env("log_format", "text"), choices=logs.FORMATS,
@@ -198,7 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
         read_token=args.read_token, admin_token=args.admin_token,
         geoip=None if args.geoip.lower() == "none" else Path(args.geoip),
         health_quorum=args.health_quorum,
-        rrl_rate=args.rrl_rate, rrl_slip=args.rrl_slip,
+        rrl_rate=args.rrl_rate, rrl_slip=args.rrl_slip, query_log=args.query_log,
     )
     try:
         import uvloop

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gslb.api.app import make_app
 from gslb.config import ReloadReport, load_zones
+from gslb.dns.querylog import QueryLog
 from gslb.dns.rrl import DEFAULT_SLIP, ResponseRateLimiter
 from gslb.dns.server import DnsServer
 from gslb.errors import ConfigError, StoreError
@@ -46,6 +47,7 @@ class Settings:
     health_quorum: int = 0  # instances that must see an endpoint down; 0: a majority
     rrl_rate: float = 0.0  # UDP responses per second per client network; 0: no limiting
     rrl_slip: int = DEFAULT_SLIP
+    query_log: int = 0  # log one DNS query in this many; 0: none
 
 
 def open_store(state: str) -> Store:
@@ -103,7 +105,11 @@ class Gslb:
             rrl = ResponseRateLimiter(self.settings.rrl_rate, self.settings.rrl_slip)
             log.info("rate limiting: %g responses/s per client network, slip %d",
                      self.settings.rrl_rate, self.settings.rrl_slip)
-        self._dns = DnsServer(lambda: registry.snapshot, rrl=rrl)
+        query_log = None
+        if self.settings.query_log > 0:
+            query_log = QueryLog(self.settings.query_log)
+            log.info("query log: one query in %d, on logger gslb.query", self.settings.query_log)
+        self._dns = DnsServer(lambda: registry.snapshot, rrl=rrl, query_log=query_log)
         self.metrics.dns = self._dns.stats
         host, port = self.settings.dns
         self.dns_port = await self._dns.start(host, port)

@@ -225,7 +225,7 @@ async def list_services(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     snapshot = registry.snapshot
     found = await asyncio.to_thread(
-        views.services_json, snapshot, registry.notes, registry.source_of
+        views.services_json, snapshot, registry.notes, registry.source_of, _answered(request)
     )
     return web.json_response(found)
 
@@ -233,11 +233,23 @@ async def list_services(request: web.Request) -> web.Response:
 async def get_service(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     wanted = fqdn(request.match_info["name"])
-    return web.json_response(await asyncio.to_thread(_service_json, registry, wanted))
+    answered = _answered(request)
+    return web.json_response(await asyncio.to_thread(_service_json, registry, wanted, answered))
 
 
-def _service_json(registry: Registry, name: str) -> views.JSON:
-    found = views.find_service_json(registry.snapshot, name, registry.notes, registry.source_of)
+def _answered(request: web.Request) -> views.Answered | None:
+    """DNS answers per endpoint, read here on the event loop: the DNS front's counters
+    are written without a lock by this thread only."""
+    dns = request.app[METRICS].dns
+    return dns.summary().answered if dns is not None else None
+
+
+def _service_json(
+    registry: Registry, name: str, answered: views.Answered | None = None
+) -> views.JSON:
+    found = views.find_service_json(
+        registry.snapshot, name, registry.notes, registry.source_of, answered
+    )
     if found is None:
         raise NotFound(f"no service {views.display_name(name)}")
     return found

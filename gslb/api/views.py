@@ -11,7 +11,7 @@ seconds; ``null`` means "never" or "not known". The shapes::
               "location": {"lat", "lon"} | null, "endpoints": [endpoint]}
     endpoint {"address", "port", "weight", "heartbeat_timeout", "cap", "lease",
               "check": null | check (its own), "source": "zone file" | "registered",
-              "health": health}
+              "answered": answers that named it since the server started, "health": health}
     health   {"up", "state": "up" | "down" | "draining" | "disabled", "admin", "since",
               "heartbeat": null | bool, "last_heartbeat", "lease_until", "load", "rtt_ms",
               "confirmed", "last_check": null | note, "history": [transition]}
@@ -21,10 +21,11 @@ seconds; ``null`` means "never" or "not known". The shapes::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gslb.config import check_data
+from gslb.dns.stats import EndpointKey
 from gslb.engine.answer import Answer
 from gslb.engine.context import Client
 from gslb.model import (
@@ -48,6 +49,7 @@ from gslb.store.contract import StoreStatus
 
 JSON = dict[str, Any]
 Notes = Callable[[EndpointRef], EndpointNotes]  # registry.notes
+Answered = Mapping[EndpointKey, int]  # DNS answers naming each endpoint (DnsStats)
 Sources = Callable[[str], str]  # service name -> "api" or its zone file
 
 
@@ -121,18 +123,23 @@ def pool_json(pool: Pool, endpoints: list[JSON]) -> JSON:
     }
 
 
-def endpoint_view_json(service: str, view: EndpointView, notes: Notes) -> JSON:
+def endpoint_view_json(
+    service: str, view: EndpointView, notes: Notes, answered: Answered | None = None
+) -> JSON:
     e = view.endpoint
     found = notes(EndpointRef(service, view.pool.name, e.address, e.port))
-    return {**endpoint_json(e), "health": health_json(view.health, found)}
+    count = answered.get((service, view.pool.name, e.address, e.port), 0) if answered else 0
+    return {**endpoint_json(e), "answered": count, "health": health_json(view.health, found)}
 
 
-def service_json(zone: str, view: ServiceView, notes: Notes, source: str = "") -> JSON:
+def service_json(
+    zone: str, view: ServiceView, notes: Notes, source: str = "", answered: Answered | None = None
+) -> JSON:
     service = view.service
     by_pool: dict[str, list[JSON]] = {pool.name: [] for pool in service.pools}
     for endpoint in view.endpoints:
         by_pool.setdefault(endpoint.pool.name, []).append(
-            endpoint_view_json(service.name, endpoint, notes)
+            endpoint_view_json(service.name, endpoint, notes, answered)
         )
     return {
         "name": display_name(service.name),
@@ -147,7 +154,9 @@ def service_json(zone: str, view: ServiceView, notes: Notes, source: str = "") -
     }
 
 
-def services_json(snapshot: Snapshot, notes: Notes, sources: Sources) -> list[JSON]:
+def services_json(
+    snapshot: Snapshot, notes: Notes, sources: Sources, answered: Answered | None = None
+) -> list[JSON]:
     """Every service of every zone, ordered by name."""
     found = [
         (name, apex, view)
@@ -155,20 +164,20 @@ def services_json(snapshot: Snapshot, notes: Notes, sources: Sources) -> list[JS
         for name, view in zone.services.items()
     ]
     return [
-        service_json(apex, view, notes, sources(view.name))
+        service_json(apex, view, notes, sources(view.name), answered)
         for _, apex, view in sorted(found, key=_first)
     ]
 
 
 def find_service_json(
-    snapshot: Snapshot, name: str, notes: Notes, sources: Sources
+    snapshot: Snapshot, name: str, notes: Notes, sources: Sources, answered: Answered | None = None
 ) -> JSON | None:
     """One service by its absolute lower-cased name, or None."""
     zone = snapshot.find_zone(name)
     view = zone.services.get(name) if zone else None
     if zone is None or view is None:
         return None
-    return service_json(zone.apex, view, notes, sources(name))
+    return service_json(zone.apex, view, notes, sources(name), answered)
 
 
 def find_endpoint_json(snapshot: Snapshot, ref: EndpointRef, notes: Notes) -> JSON | None:

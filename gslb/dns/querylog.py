@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 
 from gslb.dns import wire
-from gslb.engine.answer import Answer, Rcode, type_name
+from gslb.engine.answer import Answer, Rcode
+from gslb.model import RType
 
 log = logging.getLogger("gslb.query")
 
@@ -59,8 +60,8 @@ class QueryLog:
             log.info("query %s %s unparsed -> %s %dus", client, fields["transport"],
                      fields["rcode"], fields["micros"], extra=fields)
             return
-        fields["qname"] = wire.name_to_text(query.question.labels)
-        fields["qtype"] = type_name(query.question.qtype)
+        fields["qname"] = query.qname
+        fields["qtype"] = _type_name(query.question.qtype)
         subnet = query.client
         if subnet is not None:
             fields["ecs"] = f"{subnet.address}/{subnet.source_prefix}"
@@ -87,6 +88,13 @@ class QueryLog:
             parts.append(f"scope /{fields['scope']}")
         parts.append(f"{fields['micros']}us")
         log.info("%s", " ".join(parts), extra=fields)
+
+
+def _type_name(qtype: int) -> str:
+    try:
+        return RType(qtype).name
+    except ValueError:
+        return f"TYPE{qtype}"
 
 
 def _rcode_name(rcode: int) -> str:

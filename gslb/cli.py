@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -306,20 +307,36 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def _status_lines(services: Any) -> list[str]:
+    now = time.time()
     rows: list[tuple[str, ...]] = [
-        ("SERVICE", "POOL", "PRIO", "ENDPOINT", "WEIGHT", "STATE", "LAST CHECK")]
+        ("SERVICE", "POOL", "PRIO", "ENDPOINT", "WEIGHT", "STATE", "SINCE", "ANSWERS",
+         "LAST CHECK")]
     for service in services:
         for pool in service["pools"]:
             if not pool["endpoints"]:
-                rows.append((service["name"], pool["name"], str(pool["priority"]), "-", "", "", ""))
+                rows.append((service["name"], pool["name"], str(pool["priority"]), "-",
+                             "", "", "", "", ""))
             for ep in pool["endpoints"]:
                 health = ep.get("health") or {}
                 last = health.get("last_check") or {}
                 rows.append((
                     service["name"], pool["name"], str(pool["priority"]), _endpoint_name(ep),
-                    str(ep["weight"]), str(health.get("state", "?")), str(last.get("result", "")),
+                    str(ep["weight"]), str(health.get("state", "?")),
+                    _age(health.get("since"), now), str(ep.get("answered", "")),
+                    str(last.get("result", "")),
                 ))
     return _table(rows)
+
+
+def _age(since: float | None, now: float) -> str:
+    """How long ago, shortly: 42s, 5m, 3h, 2d; "start" when it never changed."""
+    if since is None:
+        return "start"
+    seconds = max(0.0, now - since)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 PRINTERS: dict[str, Callable[[Any], list[str]]] = {

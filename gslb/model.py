@@ -297,7 +297,7 @@ class Health:
     load: float | None = None
     rtt: float | None = None  # seconds, of the last successful check (for ``fastest``)
     confirmed: bool = False  # a check or heartbeat has spoken since the start
-    since: float = 0.0  # clock time of the last up/down change
+    since: float = 0.0  # clock time of the last change of ``state``
 
     @property
     def up(self) -> bool:

@@ -309,8 +309,11 @@ class Registry:
                 else:
                     self._admin[ref] = state
                 self._bump_serial(self._zone_of(svc.name))
-                self._note_change(ref, old, dataclasses.replace(old, admin=state),
-                                  f"admin state {state.value}")
+                new = dataclasses.replace(old, admin=state)
+                if new.state != old.state:
+                    self._health[ref] = dataclasses.replace(
+                        self._health.get(ref, Health()), since=self._clock())
+                self._note_change(ref, old, new, f"admin state {state.value}")
                 self._publish()
             return ref, endpoint
 
@@ -615,7 +618,7 @@ class Registry:
 
     def _put_health(self, ref: EndpointRef, old: Health, new: Health, reason: str) -> bool:
         """Keep ``new`` (without publishing); returns whether anything changed."""
-        if new.up != old.up:
+        if new.state != old.state:  # up, down, draining, disabled: "since" in the API
             new = dataclasses.replace(new, since=self._clock())
         self._note_change(ref, old, new, reason)
         if new == old:

@@ -458,6 +458,7 @@ def test_services_listing_shape(api: Api) -> None:
         "lease": None,
         "check": None,
         "source": "registered",
+        "answered": 0,
         "health": {
             "up": True,
             "state": "up",

@@ -4,6 +4,7 @@ status, deregister, with their output and exit codes."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -59,9 +60,13 @@ def drain_and_deregister(api_port: int, port: int) -> None:
     assert endpoint["weight"] == 50 and endpoint["health"]["load"] == 0.4
 
     table = gslb(api_port, "status").stdout.splitlines()
-    assert table[0].split() == ["SERVICE", "POOL", "PRIO", "ENDPOINT", "WEIGHT", "STATE", "LAST", "CHECK"]
+    assert table[0].split() == ["SERVICE", "POOL", "PRIO", "ENDPOINT", "WEIGHT", "STATE",
+                                "SINCE", "ANSWERS", "LAST", "CHECK"]
     (row,) = [line.split() for line in table if "127.0.0.77" in line]
     assert row[:6] == [WWW, "eu-west", "1", f"127.0.0.77:{port}", "50", "draining"]
+    # drained just now; named in the one answer dig got
+    assert re.fullmatch(r"\d+s", row[6]) and int(row[6][:-1]) < 10, row
+    assert row[7] == "1"
 
     done = gslb(api_port, "deregister", WWW, "127.0.0.77", "--pool", "eu-west", "--port", str(port))
     assert (done.returncode, done.stdout) == (

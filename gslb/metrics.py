@@ -48,6 +48,9 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.dns = dns
+        # where the DNS counters come from at scrape time: this process's server, or
+        # the worker processes' counters summed (gslb.workers.pool.WorkerPool.dns_stats)
+        self.dns_source: Callable[[], DnsStats | None] = lambda: self.dns
         self.api_requests = Counter(
             "gslb_api_requests", "HTTP API requests, by route, method and status",
             ["route", "method", "status"], registry=self.registry,
@@ -59,7 +62,7 @@ class Metrics:
         self.check_failures = Counter(
             "gslb_health_check_failures", "failed health checks", ["type"], registry=self.registry,
         )
-        self.registry.register(_Collector(snapshot, transitions, lambda: self.dns))
+        self.registry.register(_Collector(snapshot, transitions, lambda: self.dns_source()))
 
     def observe_check(self, ref: EndpointRef, check: HealthCheck, ok: bool, rtt: float | None) -> None:
         """The prober's report of one check (called from the health thread)."""

@@ -74,6 +74,7 @@ Reloader = Callable[[], ReloadReport]
 REGISTRY = web.AppKey("registry", Registry)
 RELOAD: web.AppKey[Reloader] = web.AppKey("reload")
 STORE_STATUS: web.AppKey[Callable[[], StoreStatus]] = web.AppKey("store_status")
+WORKERS: web.AppKey[Callable[[], list[views.JSON]]] = web.AppKey("workers")
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = 64 * 1024  # bytes; a larger request body is refused with 413
 MAX_HEARTBEAT_TIMEOUT = 86400.0
@@ -116,12 +117,14 @@ def make_app(
     reload: Reloader | None = None,
     store_status: Callable[[], StoreStatus] | None = None,
     metrics: Metrics | None = None,
+    workers: Callable[[], list[views.JSON]] | None = None,
 ) -> web.Application:
     """The API application over ``registry``. ``reload`` re-reads the zone files (the
     daemon's); without it ``POST /reload`` answers 503. ``store_status`` says whether
     the state store is reachable, for ``/healthz``. ``metrics``: what ``/metrics``
     serves, and where requests are counted (the daemon's, with the DNS and prober
-    figures; without it, the API's and the registry's own)."""
+    figures; without it, the API's and the registry's own). ``workers``: the state of
+    the DNS worker processes, for ``/healthz`` (``gslb serve --workers N``)."""
     if metrics is None:
         metrics = Metrics(lambda: registry.snapshot, registry.transition_counts)
     tokens = Tokens(token, read_token, admin_token)
@@ -156,6 +159,8 @@ def make_app(
         app[RELOAD] = reload
     if store_status is not None:
         app[STORE_STATUS] = store_status
+    if workers is not None:
+        app[WORKERS] = workers
     for method, path, handler, _ in routes:
         app.router.add_route(method, path, handler)
     return app
@@ -355,8 +360,10 @@ async def metrics_text(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     status = request.app.get(STORE_STATUS)
+    workers = request.app.get(WORKERS)
     return web.json_response(views.healthz_json(
-        request.app[REGISTRY].snapshot, None if status is None else status()))
+        request.app[REGISTRY].snapshot, None if status is None else status(),
+        None if workers is None else workers()))
 
 
 async def explain(request: web.Request) -> web.Response:

@@ -102,6 +102,7 @@ class WorkerPool:
         self._geo_epoch = 0
         self._requests = 0
         self._retired = DnsStats()  # counters of workers that were replaced
+        self.snapshots_sent = 0  # snapshots pickled for the workers (fewer than made: coalesced)
 
     async def start(self, host: str, port: int) -> int:
         """Bind the DNS sockets, start every worker and wait until each answers; returns
@@ -269,6 +270,7 @@ class WorkerPool:
             if snapshot.locator is not self._locator:  # GeoIP reloaded: workers reload too
                 self._locator = snapshot.locator
                 self._geo_epoch += 1
+            self.snapshots_sent += 1
             future = asyncio.ensure_future(
                 asyncio.to_thread(channel.dump_snapshot, snapshot, self._geo_epoch))
             self._encoding = (snapshot, future)

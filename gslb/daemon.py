@@ -127,6 +127,7 @@ class Gslb:
             store_status=self.store_status,
             metrics=self.metrics,
             workers=None if self._workers is None else self._workers.status,
+            settle=None if self._workers is None else self._workers.settled,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -47,7 +47,7 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from ipaddress import ip_address, ip_network
@@ -118,13 +118,16 @@ def make_app(
     store_status: Callable[[], StoreStatus] | None = None,
     metrics: Metrics | None = None,
     workers: Callable[[], list[views.JSON]] | None = None,
+    settle: Callable[[], Awaitable[object]] | None = None,
 ) -> web.Application:
     """The API application over ``registry``. ``reload`` re-reads the zone files (the
     daemon's); without it ``POST /reload`` answers 503. ``store_status`` says whether
     the state store is reachable, for ``/healthz``. ``metrics``: what ``/metrics``
     serves, and where requests are counted (the daemon's, with the DNS and prober
     figures; without it, the API's and the registry's own). ``workers``: the state of
-    the DNS worker processes, for ``/healthz`` (``gslb serve --workers N``)."""
+    the DNS worker processes, for ``/healthz`` (``gslb serve --workers N``); ``settle``:
+    waits until DNS answers show the registry's latest state (the workers'), so that a
+    successful write is answered only once the next DNS answer reflects it."""
     if metrics is None:
         metrics = Metrics(lambda: registry.snapshot, registry.transition_counts)
     tokens = Tokens(token, read_token, admin_token)
@@ -152,6 +155,8 @@ def make_app(
     scopes = {(method, path): scope for method, path, _, scope in routes}
     middlewares = [make_count_middleware(metrics), errors_middleware,
                    make_auth_middleware(tokens, scopes)]
+    if settle is not None:
+        middlewares.insert(1, make_settle_middleware(settle))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[REGISTRY] = registry
     app[METRICS] = metrics
@@ -611,6 +616,19 @@ def make_count_middleware(metrics: Metrics) -> Middleware:
             metrics.api_requests.labels(pattern, request.method, str(status)).inc()
 
     return count
+
+
+def make_settle_middleware(settle: Callable[[], Awaitable[object]]) -> Middleware:
+    """After a successful write, waits for DNS to reflect it before answering."""
+
+    @web.middleware
+    async def settled(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if request.method != hdrs.METH_GET and response.status < 400:
+            await settle()
+        return response
+
+    return settled
 
 
 @web.middleware

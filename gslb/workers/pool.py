@@ -43,6 +43,7 @@ log = logging.getLogger("gslb.workers")
 READY_TIMEOUT = 30.0  # seconds for a worker to start: imports, GeoIP, the first snapshot
 STOP_TIMEOUT = 5.0  # after SIGTERM, before SIGKILL
 STATS_TIMEOUT = 1.0  # a worker too busy to send its counters is counted as last seen
+SETTLE_TIMEOUT = 1.0  # longest an API write waits for the workers to answer from it
 BIND_ATTEMPTS = 8
 QUICK_DEATH = 5.0  # a worker that dies sooner than this is restarted after a pause
 MAX_PAUSE = 10.0
@@ -102,12 +103,14 @@ class WorkerPool:
         self._geo_epoch = 0
         self._requests = 0
         self._retired = DnsStats()  # counters of workers that were replaced
+        self._applied: asyncio.Condition | None = None  # notified on every APPLIED
         self.snapshots_sent = 0  # snapshots pickled for the workers (fewer than made: coalesced)
 
     async def start(self, host: str, port: int) -> int:
         """Bind the DNS sockets, start every worker and wait until each answers; returns
         the port. Raises WorkerError (or OSError from binding)."""
         self._loop = asyncio.get_running_loop()
+        self._applied = asyncio.Condition()
         port, pairs = bind_group(host, port, self.settings.count)
         self._slots = [_Slot(i + 1, udp, tcp) for i, (udp, tcp) in enumerate(pairs)]
         try:
@@ -125,6 +128,24 @@ class WorkerPool:
         if loop is not None and not self._stopping:
             with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
                 loop.call_soon_threadsafe(self._wake_all)
+
+    async def settled(self, timeout: float = SETTLE_TIMEOUT) -> bool:
+        """Wait until every serving worker answers from the latest snapshot (or a later
+        one); False when ``timeout`` passed first. A worker that is starting gets the
+        latest snapshot before it serves."""
+        generation = self._snapshots().generation
+        condition = self._applied
+        assert condition is not None
+
+        def done() -> bool:
+            return all(s.applied >= generation for s in self._slots if s.serving)
+
+        async with condition:
+            try:
+                await asyncio.wait_for(condition.wait_for(done), timeout)
+            except TimeoutError:
+                return False
+        return True
 
     def status(self) -> list[dict[str, Any]]:
         """Per worker, for ``/healthz``."""
@@ -227,6 +248,9 @@ class WorkerPool:
                     ready.set_result(None)
                 elif kind is Kind.APPLIED:
                     slot.applied = int(payload)
+                    assert self._applied is not None
+                    async with self._applied:
+                        self._applied.notify_all()
                 elif kind is Kind.STATS:
                     (number,) = REQUEST.unpack_from(payload)
                     slot.counters = pickle.loads(payload[REQUEST.size:])

@@ -32,6 +32,7 @@ from test_metrics import scrape, value
 from gslb.config import load_zone_text
 from gslb.model import Endpoint
 from gslb.registry import Registry
+from gslb.snapshot import Snapshot
 from gslb.workers import channel
 from gslb.workers.pool import WorkerError, WorkerPool, WorkerSettings, bind_group
 
@@ -245,6 +246,30 @@ def test_a_burst_of_changes_is_coalesced(tmp_path: Path) -> None:
     assert 1 <= sent <= burst / 50 + 1, sent  # the latest of each burst, not each change
 
 
+def test_unchanged_service_views_travel_as_names() -> None:
+    text = ZONE + "".join(f"  s{n}:\n    check: {{type: none}}\n    pools:\n"
+                          f"      one: {{endpoints: [192.0.2.{n}]}}\n" for n in range(1, 30))
+    registry = Registry()
+    registry.load_zones([load_zone_text(text, "workers.yaml")])
+    held = channel.load_snapshot(channel.dump_snapshot(registry.snapshot, 0)[5:], Snapshot())[1]
+    held.service("s1.workers.test.").memo["warm"] = True  # what queries filled in a worker
+    full = channel.dump_snapshot(registry.snapshot, 0)
+    registry.register(WWW, "one", Endpoint(ip(1)))
+    delta = channel.dump_snapshot(registry.snapshot, 0, base=registry.snapshot)  # nothing changed
+    assert len(delta) < len(full) / 5
+    registry.register("s2.workers.test", "one", Endpoint(ip(2)))
+    delta = channel.dump_snapshot(registry.snapshot, 0, base=held)
+    _, got = channel.load_snapshot(delta[5:], held)
+    assert got.generation == registry.snapshot.generation
+    assert got.service("s1.workers.test.") is held.service("s1.workers.test.")  # kept, memo warm
+    assert got.service("s1.workers.test.").memo == {"warm": True}
+    assert got.service("s2.workers.test.") is not held.service("s2.workers.test.")
+    assert got.service("s2.workers.test.") == registry.snapshot.service("s2.workers.test.")
+    assert got.service("s2.workers.test.").memo == {}
+    with pytest.raises(ValueError, match="against generation"):
+        channel.load_snapshot(delta[5:], Snapshot(generation=held.generation + 1))
+
+
 def ip(n: int) -> Any:
     from ipaddress import IPv4Address
 
@@ -268,8 +293,9 @@ def test_a_snapshot_is_applied_only_once_whole(tmp_path: Path) -> None:
         ours.settimeout(15)
         assert ours.recv(channel.HEADER.size)[0] == channel.Kind.READY
         assert addresses(port) == {"192.0.2.1"}
+        first = registry.snapshot
         registry.register(WWW, "one", Endpoint(ip(1)))
-        frame = channel.dump_snapshot(registry.snapshot, 0)
+        frame = channel.dump_snapshot(registry.snapshot, 0, base=first)
         ours.sendall(frame[: len(frame) - 1])
         time.sleep(0.2)
         for _ in range(5):

@@ -9,9 +9,11 @@ worker that dies leaves its sockets in the group: what the kernel sends them mea
 waits in their buffers, and the worker started in its place answers it. The group
 never changes size, so no other flow moves between workers.
 
-Every new snapshot is sent to every worker (``gslb.workers.channel``). Sends coalesce:
-a worker that is still receiving one snapshot gets the latest one next, not every one
-made meanwhile. Each snapshot is pickled once for all workers.
+Every new snapshot is sent to every worker (``gslb.workers.channel``), against the one
+the worker holds: only service views that changed travel whole. Sends coalesce: a
+worker that is still receiving one snapshot gets the latest one next, not every one
+made meanwhile. Each snapshot is pickled once for all the workers that hold the same
+base (all of them, but a worker just started, which gets it whole).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class _Slot:
     wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     started: float = 0.0
     serving: bool = False
-    sent = -1  # generation of the last snapshot written to it
+    sent: Snapshot | None = None  # the last snapshot written to it (what it holds next)
     applied = -1  # generation it said it answers from
     restarts = 0
     counters: DnsStats | None = None  # its latest DNS counters
@@ -98,7 +100,8 @@ class WorkerPool:
         self._supervisors: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self._encoding: tuple[Snapshot, asyncio.Future[bytes]] | None = None
+        self._encoding_for: Snapshot | None = None  # the snapshot of these encodings:
+        self._encodings: dict[int, asyncio.Future[bytes]] = {}  # by id() of their base
         self._locator: Locator | None = None
         self._geo_epoch = 0
         self._requests = 0
@@ -219,7 +222,7 @@ class WorkerPool:
         finally:
             child.close()  # the worker holds it now: its exit closes the pair
         slot.started = time.monotonic()
-        slot.sent = slot.applied = -1
+        slot.sent, slot.applied = None, -1
         slot.ready = asyncio.get_running_loop().create_future()
         reader, slot.writer = await asyncio.open_connection(sock=parent)
         slot.listener = asyncio.create_task(self._listen(slot, reader))
@@ -281,24 +284,28 @@ class WorkerPool:
                 await slot.wake.wait()
                 slot.wake.clear()
                 snapshot = self._snapshots()
-                if snapshot.generation == slot.sent:
+                if slot.sent is not None and snapshot.generation == slot.sent.generation:
                     continue
-                writer.write(await self._encoded(snapshot))
+                writer.write(await self._encoded(snapshot, slot.sent))
                 await writer.drain()
-                slot.sent = snapshot.generation
+                slot.sent = snapshot
 
-    async def _encoded(self, snapshot: Snapshot) -> bytes:
-        """The SNAPSHOT frame of ``snapshot``, pickled once for all workers (in a thread,
-        so the API keeps answering meanwhile)."""
-        if self._encoding is None or self._encoding[0] is not snapshot:
+    async def _encoded(self, snapshot: Snapshot, base: Snapshot | None) -> bytes:
+        """The SNAPSHOT frame of ``snapshot`` against ``base``, pickled once for all the
+        workers that hold ``base`` (in a thread, so the API keeps answering meanwhile)."""
+        if self._encoding_for is not snapshot:
+            self._encoding_for = snapshot
+            self._encodings.clear()
             if snapshot.locator is not self._locator:  # GeoIP reloaded: workers reload too
                 self._locator = snapshot.locator
                 self._geo_epoch += 1
+        future = self._encodings.get(id(base))
+        if future is None:
             self.snapshots_sent += 1
             future = asyncio.ensure_future(
-                asyncio.to_thread(channel.dump_snapshot, snapshot, self._geo_epoch))
-            self._encoding = (snapshot, future)
-        return await self._encoding[1]
+                asyncio.to_thread(channel.dump_snapshot, snapshot, self._geo_epoch, base))
+            self._encodings[id(base)] = future
+        return await future
 
     def _wake_all(self) -> None:
         for slot in self._slots:

@@ -48,7 +48,7 @@ class Worker:
         self.server = DnsServer(lambda: self.snapshot, rrl=rrl)
 
     def apply(self, payload: bytes) -> None:
-        epoch, snapshot = channel.load_snapshot(payload)
+        epoch, snapshot = channel.load_snapshot(payload, self.snapshot)
         if self.args.geoip is not None:
             if self.geo is None:
                 self.geo = GeoSource.open(Path(self.args.geoip))
@@ -101,9 +101,11 @@ async def _follow(worker: Worker, reader: asyncio.StreamReader, writer: asyncio.
         if kind is Kind.SNAPSHOT:
             try:
                 worker.apply(payload)
-            except Exception:  # keep answering from the previous snapshot
-                log.exception("worker %d: snapshot refused", worker.args.index)
-                continue
+            except Exception:
+                # The next snapshot would come against one this worker does not hold:
+                # exit, and the control process starts a worker that gets it whole.
+                log.exception("worker %d: snapshot refused; exiting", worker.args.index)
+                return
             writer.write(_applied(worker))
         elif kind is Kind.STATS:
             counters = pickle.dumps(counters_of(worker.server.stats), pickle.HIGHEST_PROTOCOL)

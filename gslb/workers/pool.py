@@ -176,9 +176,11 @@ class WorkerPool:
                 future: asyncio.Future[DnsStats] = asyncio.get_running_loop().create_future()
                 slot.pending[self._requests] = future
                 slot.writer.write(channel.frame(Kind.STATS, REQUEST.pack(self._requests)))
-                asked.append(future)
+                asked.append((slot, self._requests, future))
         if asked:
-            await asyncio.wait(asked, timeout=STATS_TIMEOUT)
+            await asyncio.wait([future for _, _, future in asked], timeout=STATS_TIMEOUT)
+            for slot, number, _ in asked:  # too busy to answer in time: its last counts stand
+                slot.pending.pop(number, None)
         return summed([self._retired, *(s.counters for s in self._slots if s.counters is not None)])
 
     async def stop(self) -> None:

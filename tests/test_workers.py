@@ -26,7 +26,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from test_e2e import Process, dig, start_gslb
+from test_e2e import ROOT, Process, dig, start_gslb
 from test_metrics import scrape, value
 
 from gslb.config import load_zone_text
@@ -127,6 +127,47 @@ def test_two_workers_answer_udp_and_tcp_and_metrics_sum_them(tmp_path: Path) -> 
         proc.stop()
     assert proc.popen.returncode == 0, "\n".join(proc.lines[-20:])
     assert all(gone(pid) for pid in pids)
+
+
+def test_workers_route_by_their_own_geoip_database(tmp_path: Path) -> None:
+    """The bundled zone and GeoIP database: the README's routing examples, from workers."""
+    proc, dns_port, _ = start_gslb(tmp_path / "state.sqlite", ROOT / "zones", "--workers", "2")
+    try:
+        for _ in range(8):  # dig uses a new source port each time: both workers
+            assert dig(dns_port, "geo.gslb.example.com", "A", "+subnet=203.0.113.0/24").rrs(
+                "ANSWER", "A")[0][4] == "203.0.113.10"
+            assert dig(dns_port, "geo.gslb.example.com", "A", "+subnet=198.51.100.0/24").rrs(
+                "ANSWER", "A")[0][4] == "192.0.2.10"
+    finally:
+        proc.stop()
+
+
+def test_a_geoip_reload_reaches_the_workers(tmp_path: Path) -> None:
+    """The control process reloads the database (POST /reload); every worker reopens it."""
+    from gslb import geodb
+
+    csv = (ROOT / "data" / "geo.csv").read_text()
+    database = tmp_path / "geo.mmdb"
+    geodb.build(ROOT / "data" / "geo.csv", database)
+    proc, dns_port, api_port = start_gslb(tmp_path / "state.sqlite", ROOT / "zones",
+                                          "--workers", "2", "--geoip", str(database))
+    try:
+        def answer() -> str:
+            result = dig(dns_port, "geo.gslb.example.com", "A", "+subnet=203.0.113.0/24")
+            return str(result.rrs("ANSWER", "A")[0][4])
+
+        assert {answer() for _ in range(8)} == {"203.0.113.10"}  # Tokyo: the asia pool
+        moved = tmp_path / "moved.csv"  # Tokyo's test network moves to Frankfurt
+        moved.write_text(csv.replace("203.0.113.0/24,JP,AS,35.6762,139.6503",
+                                     "203.0.113.0/24,DE,EU,50.1109,8.6821"))
+        geodb.build(moved, tmp_path / "next.mmdb")
+        (tmp_path / "next.mmdb").replace(database)
+        api(api_port, "/reload", {})
+        assert {answer() for _ in range(8)} <= {"192.0.2.10", "192.0.2.11"}  # europe, everywhere
+        for n in (1, 2):  # each worker said so
+            assert any(f"worker {n}: geoip reloaded" in line for line in proc.lines), proc.lines
+    finally:
+        proc.stop()
 
 
 def test_a_registration_reaches_every_worker_before_the_api_answers(tmp_path: Path) -> None:

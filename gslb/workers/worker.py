@@ -131,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-format", default="text")
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    # Ctrl-C and a terminal's hangup reach the whole process group: stopping and
+    # reloading are the control process's to do
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     runner: Any
     try:
         import uvloop

@@ -385,11 +385,12 @@ def bind_group(host: str, port: int, count: int) -> tuple[int, list[tuple[socket
                        _member(opened, family, socket.SOCK_STREAM, where))
                       for _ in range(count - 1)]
             return bound, pairs
-        except OSError:
+        except OSError as exc:
             for sock in opened:
                 sock.close()
             if attempt == attempts - 1:
-                raise
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise OSError(exc.errno, f"cannot listen on {shown}: {exc.strerror}") from exc
     raise AssertionError("unreachable")
 
 

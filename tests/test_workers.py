@@ -233,6 +233,15 @@ def test_a_killed_worker_is_replaced_and_answers_continue(tmp_path: Path) -> Non
     assert proc.popen.returncode == 0
 
 
+def test_sigint_stops_the_workers_and_then_the_control_process(tmp_path: Path) -> None:
+    proc, _, api_port = serve(tmp_path)
+    pids = worker_pids(api_port)
+    proc.stop(signal.SIGINT)  # Ctrl-C: the control process stops the workers itself
+    assert proc.popen.returncode == 0, "\n".join(proc.lines[-20:])
+    assert all(gone(pid) for pid in pids)
+    assert not any("starting another" in line for line in proc.lines)  # no restart while stopping
+
+
 def test_sigkill_of_the_control_process_leaves_no_worker(tmp_path: Path) -> None:
     proc, dns_port, api_port = serve(tmp_path)
     pids = worker_pids(api_port)

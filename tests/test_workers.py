@@ -326,6 +326,32 @@ def ip(n: int) -> Any:
     return IPv4Address(0x0A000000 + n)
 
 
+def test_a_stuck_worker_is_replaced() -> None:
+    """A worker that is alive but takes no snapshot (stopped here) would answer from
+    stale state for ever: the watchdog kills it and a new one takes its sockets."""
+    registry = Registry()
+    registry.load_zones([load_zone_text(ZONE, "workers.yaml")])
+
+    async def run() -> None:
+        pool = WorkerPool(WorkerSettings(1, hang_timeout=1.0), lambda: registry.snapshot)
+        registry.on_change(pool.notify)
+        port = await pool.start("127.0.0.1", 0)
+        try:
+            stuck = pool.status()[0]["pid"]
+            os.kill(stuck, signal.SIGSTOP)
+            registry.register(WWW, "one", Endpoint(ip(7)))
+            deadline = time.monotonic() + 10
+            while not (pool.status()[0]["pid"] != stuck and pool.status()[0]["state"] == "serving"):
+                assert time.monotonic() < deadline, pool.status()
+                await asyncio.sleep(0.05)
+            assert str(ip(7)) in await asyncio.to_thread(addresses, port)
+            assert gone(stuck)
+        finally:
+            await pool.stop()
+
+    asyncio.run(run())
+
+
 def test_a_snapshot_is_applied_only_once_whole(tmp_path: Path) -> None:
     """Drive one worker process over its socket pair: half a frame changes nothing."""
     registry = Registry()

@@ -64,6 +64,7 @@ class WorkerSettings:
     rrl_slip: int = 2
     log_level: str = "info"
     log_format: str = "text"
+    hang_timeout: float = 10.0  # a worker that takes no snapshot for this long is replaced
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,6 +84,8 @@ class _Slot:
     serving: bool = False
     sent: Snapshot | None = None  # the last snapshot written to it (what it holds next)
     applied = -1  # generation it said it answers from
+    writing = -1  # generation of the snapshot being written to it, or last written
+    progress_at = 0.0  # when it last took a snapshot, or fell behind
     restarts = 0
     counters: DnsStats | None = None  # its latest DNS counters
     pending: dict[int, asyncio.Future[DnsStats]] = dataclasses.field(default_factory=dict)
@@ -123,6 +126,7 @@ class WorkerPool:
             raise
         self._supervisors = [asyncio.create_task(self._supervise(slot), name=f"dns worker {slot.index}")
                              for slot in self._slots]
+        self._supervisors.append(asyncio.create_task(self._watch(), name="dns worker watchdog"))
         return port
 
     def notify(self, snapshot: Snapshot | None = None) -> None:
@@ -224,7 +228,7 @@ class WorkerPool:
         finally:
             child.close()  # the worker holds it now: its exit closes the pair
         slot.started = time.monotonic()
-        slot.sent, slot.applied = None, -1
+        slot.sent, slot.applied, slot.writing = None, -1, -1
         slot.ready = asyncio.get_running_loop().create_future()
         reader, slot.writer = await asyncio.open_connection(sock=parent)
         slot.listener = asyncio.create_task(self._listen(slot, reader))
@@ -253,6 +257,7 @@ class WorkerPool:
                     ready.set_result(None)
                 elif kind is Kind.APPLIED:
                     slot.applied = int(payload)
+                    slot.progress_at = time.monotonic()
                     assert self._applied is not None
                     async with self._applied:
                         self._applied.notify_all()
@@ -288,6 +293,9 @@ class WorkerPool:
                 snapshot = self._snapshots()
                 if slot.sent is not None and snapshot.generation == slot.sent.generation:
                     continue
+                if slot.applied >= slot.writing:  # it was up to date: its clock starts now
+                    slot.progress_at = time.monotonic()
+                slot.writing = snapshot.generation
                 writer.write(await self._encoded(snapshot, slot.sent))
                 await writer.drain()
                 slot.sent = snapshot
@@ -332,6 +340,22 @@ class WorkerPool:
                 except WorkerError as exc:
                     log.error("%s", exc)
                     pause = min(MAX_PAUSE, max(0.5, pause * 2))
+
+    async def _watch(self) -> None:
+        """Replace a worker that is alive but stuck: it has taken no snapshot for
+        ``hang_timeout`` while one waits for it (its DNS answers would grow stale)."""
+        hang = self.settings.hang_timeout
+        while True:
+            await asyncio.sleep(hang / 4)
+            now = time.monotonic()
+            for slot in self._slots:
+                process = slot.process
+                if (slot.serving and process is not None and slot.applied < slot.writing
+                        and now - slot.progress_at > hang):
+                    log.error("dns worker %d (pid %d) took no snapshot for %.0f s; killing it",
+                              slot.index, process.pid, now - slot.progress_at)
+                    slot.serving = False
+                    process.kill()  # its supervisor starts another
 
     async def _reap(self, slot: _Slot, kill: bool = False) -> int | None:
         """Wait for the worker's process to end (SIGKILL after STOP_TIMEOUT), forget its

@@ -2,6 +2,8 @@
 
     sudo .venv/bin/python benchmarks/peers.py --install   # first time: Debian packages
     .venv/bin/python benchmarks/peers.py                  # about 4 minutes
+    .venv/bin/python benchmarks/peers.py --workers 1,2 --only gslb,gslb-w1,gslb-w2,knot \
+        --server-cpu 0,1 --client-cpu 0,1                 # worker processes, all on both cores
 
 Each server answers ``www.gslb.example.com A`` with two addresses of one of three
 regions: the GSLB by GeoIP and sticky hashing (the bundled database), gdnsd by its
@@ -10,7 +12,10 @@ an authoritative server costs here). Servers run pinned to one core, dnsperf to 
 other; every run is bounded by ``--duration``. Rounds are interleaved (round 1 of
 every server, then round 2, ...) so that drift of a shared machine hits all alike,
 and the median is reported. Server CPU per answered query comes from
-``/proc/PID/stat`` (all threads), which does not depend on the client's speed.
+``/proc/PID/stat`` (all threads, and the worker processes of ``gslb serve --workers``),
+which does not depend on the client's speed. ``--workers 1,2`` adds a gslb server per
+count (``gslb-w1``, ``gslb-w2``); ``--server-cpu`` and ``--client-cpu`` take CPU lists
+(``0,1``: the server and dnsperf share both cores).
 
 Prints a Markdown table: saturated qps with and without ECS, server CPU µs per
 query, loss, the ratios to gdnsd and Knot, and latency at a fixed rate.
@@ -198,7 +203,7 @@ def install() -> None:
             guard.unlink()
 
 
-def make_servers(work: Path, cpu: str) -> list[Server]:
+def make_servers(work: Path, cpu: str, workers: list[int]) -> list[Server]:
     pin = ["taskset", "-c", cpu]
     servers = []
 
@@ -215,6 +220,17 @@ def make_servers(work: Path, cpu: str) -> list[Server]:
          "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning"],
         port,
     ))
+
+    for count in workers:
+        port = free_port()
+        servers.append(Server(
+            f"gslb-w{count}", f"as gslb, DNS in {count} worker process{'es' if count > 1 else ''}",
+            [*pin, str(python if python.exists() else sys.executable), "-m", "gslb", "serve",
+             "--zones", str(zones), "--dns", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
+             "--state", str(work / "gslb" / f"state-w{count}.sqlite"), "--workers", str(count),
+             "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning"],
+            port,
+        ))
 
     port = free_port()  # the floor answers only UDP: the readiness check uses UDP
     servers.append(Server(
@@ -280,9 +296,17 @@ def stop(server: Server) -> None:
 
 
 def process_cpu(pid: int) -> float:
-    """utime + stime of the whole process (every thread), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of the whole process (every thread) and of its living children
+    (worker processes), in seconds."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def cpu_times() -> dict[str, tuple[int, int]]:
@@ -297,9 +321,10 @@ def cpu_times() -> dict[str, tuple[int, int]]:
     return out
 
 
-def busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], cpu: str) -> float:
-    b = after[cpu][0] - before[cpu][0]
-    t = after[cpu][1] - before[cpu][1]
+def busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], cpus: str) -> float:
+    """The share of the CPUs in the list ``cpus`` ("0" or "0,1") that was busy."""
+    b = sum(after[cpu][0] - before[cpu][0] for cpu in cpus.split(","))
+    t = sum(after[cpu][1] - before[cpu][1] for cpu in cpus.split(","))
     return b / t if t else 0.0
 
 
@@ -347,7 +372,8 @@ def report(servers: list[Server], args: argparse.Namespace) -> str:
     lines = [
         f"{len(servers)} servers, dnsperf `-c {args.clients} -q {args.outstanding} "
         f"-l {args.duration}`, {args.reps} interleaved rounds (median), server on CPU "
-        f"{args.server_cpu}, dnsperf on CPU {args.client_cpu}.",
+        f"{args.server_cpu}, dnsperf on CPU {args.client_cpu}; CPU µs/query counts every "
+        "process of a server (the control process and the workers).",
         "",
         "| server | what | queries | qps (median; min–max) | server CPU µs/query | lost % "
         "| qps ÷ gdnsd | qps ÷ knot | CPU ÷ gdnsd | CPU ÷ knot |",
@@ -421,7 +447,10 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=20000, help="fixed-rate run, 0 for none")
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpu", default="1")
-    parser.add_argument("--only", default="", help="comma-separated servers (gslb,gdnsd,knot)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated servers (gslb,gslb-w1,...,floor,gdnsd,knot)")
+    parser.add_argument("--workers", default="",
+                        help="comma-separated --workers counts: a gslb server for each (gslb-wN)")
     args = parser.parse_args()
     if args.install:
         install()
@@ -435,7 +464,8 @@ def main() -> int:
         work = Path(tmp)
         queries = work / "queries.txt"
         queries.write_text(f"{NAME} A\n")
-        servers = make_servers(work, args.server_cpu)
+        servers = make_servers(work, args.server_cpu,
+                               [int(n) for n in args.workers.split(",") if n.strip()])
         if args.only:
             servers = [s for s in servers if s.name in args.only.split(",")]
         try:

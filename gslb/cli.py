@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="N",
                        help="log one DNS query in N on logger gslb.query (1: every "
                             "query); 0 turns it off (default: 0, off)")
+    serve.add_argument("--workers", type=_non_negative(int), default=_env("workers", "0"),
+                       help="answer DNS in N worker processes sharing the port (SO_REUSEPORT), "
+                            "fed by this one, which keeps the API, the prober and the store; "
+                            "0 answers DNS in this process (default: 0)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default=_env("log_format", "text"), choices=logs.FORMATS,
@@ -204,6 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
         geoip=None if args.geoip.lower() == "none" else Path(args.geoip),
         health_quorum=args.health_quorum,
         rrl_rate=args.rrl_rate, rrl_slip=args.rrl_slip, query_log=args.query_log,
+        workers=args.workers, log_level=args.log_level, log_format=args.log_format,
     )
     try:
         import uvloop

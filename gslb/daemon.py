@@ -27,6 +27,7 @@ from gslb.store.contract import Store, StoreStatus
 from gslb.store.redis import RedisStore
 from gslb.store.sqlite import SqliteStore
 from gslb.store.sync import RedisSync
+from gslb.workers.pool import WorkerPool, WorkerSettings
 
 log = logging.getLogger("gslb")
 
@@ -48,6 +49,9 @@ class Settings:
     rrl_rate: float = 0.0  # UDP responses per second per client network; 0: no limiting
     rrl_slip: int = DEFAULT_SLIP
     query_log: int = 0  # log one DNS query in this many; 0: none
+    workers: int = 0  # DNS worker processes; 0: DNS runs in this process
+    log_level: str = "info"  # for the workers' own log lines
+    log_format: str = "text"
 
 
 def open_store(state: str) -> Store:
@@ -72,6 +76,7 @@ class Gslb:
         self._store: Store | None = None
         self._health: HealthThread | None = None
         self._dns: DnsServer | None = None
+        self._workers: WorkerPool | None = None
         self._runner: web.AppRunner | None = None
         self._geo: GeoSource | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -100,20 +105,23 @@ class Gslb:
         self._health = HealthThread(registry, on_check=self.metrics.observe_check)
         self._health.start()
 
-        rrl = None
+        host, port = self.settings.dns
+        if self.settings.workers > 0:
+            await self._start_workers(registry, host, port)
+        else:
+            rrl = None
+            if self.settings.rrl_rate > 0:
+                rrl = ResponseRateLimiter(self.settings.rrl_rate, self.settings.rrl_slip)
+            query_log = QueryLog(self.settings.query_log) if self.settings.query_log else None
+            self._dns = DnsServer(lambda: registry.snapshot, rrl=rrl, query_log=query_log)
+            self.metrics.dns = self._dns.stats
+            self.dns_port = await self._dns.start(host, port)
+            log.info("dns listening on %s (udp, tcp)", _join(host, self.dns_port))
         if self.settings.rrl_rate > 0:
-            rrl = ResponseRateLimiter(self.settings.rrl_rate, self.settings.rrl_slip)
             log.info("rate limiting: %g responses/s per client network, slip %d",
                      self.settings.rrl_rate, self.settings.rrl_slip)
-        query_log = None
         if self.settings.query_log > 0:
-            query_log = QueryLog(self.settings.query_log)
             log.info("query log: one query in %d, on logger gslb.query", self.settings.query_log)
-        self._dns = DnsServer(lambda: registry.snapshot, rrl=rrl, query_log=query_log)
-        self.metrics.dns = self._dns.stats
-        host, port = self.settings.dns
-        self.dns_port = await self._dns.start(host, port)
-        log.info("dns listening on %s (udp, tcp)", _join(host, self.dns_port))
 
         app = make_app(
             registry,
@@ -123,6 +131,8 @@ class Gslb:
             reload=self.reload,
             store_status=self.store_status,
             metrics=self.metrics,
+            workers=None if self._workers is None else self._workers.status,
+            settle=None if self._workers is None else self._workers.settled,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -134,6 +144,20 @@ class Gslb:
         log.info(
             "serving %d zone(s): %s", len(zones), ", ".join(z.apex for z in zones)
         )
+
+    async def _start_workers(self, registry: Registry, host: str, port: int) -> None:
+        """DNS in worker processes fed by this one, which keeps health, API and store."""
+        settings = self.settings
+        pool = WorkerPool(WorkerSettings(
+            settings.workers, settings.geoip, settings.rrl_rate, settings.rrl_slip,
+            settings.log_level, settings.log_format, settings.query_log,
+        ), lambda: registry.snapshot)
+        self._workers = pool
+        registry.on_change(pool.notify)
+        self.dns_port = await pool.start(host, port)
+        self.metrics.dns_counts = pool.collect
+        log.info("dns listening on %s (udp, tcp) in %d worker processes",
+                 _join(host, self.dns_port), settings.workers)
 
     def reload(self) -> ReloadReport:
         """Re-read the zone files and the GeoIP database (on SIGHUP and ``POST /reload``);
@@ -183,6 +207,8 @@ class Gslb:
             await self._runner.cleanup()
         if self._dns is not None:
             await self._dns.close()
+        if self._workers is not None:
+            await self._workers.stop()
         if self._health is not None:
             self._health.stop()
         if self._store is not None:

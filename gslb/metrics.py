@@ -23,13 +23,14 @@ figures go straight into prometheus-client metrics, which are thread-safe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from gslb.dns.stats import DnsStats
+from gslb.dns.stats import DnsStats, counters_of
 from gslb.engine.answer import Rcode
 from gslb.model import EndpointRef, HealthCheck, RType, endpoint_label
 from gslb.snapshot import Snapshot
@@ -49,6 +50,10 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.dns = dns
+        # Where the DNS counters come from at scrape time, read on the event loop: this
+        # process's server (its counters have no lock: only the loop may read them), or
+        # the worker processes' counters summed (gslb.workers.pool.WorkerPool.collect).
+        self.dns_counts: Callable[[], Awaitable[DnsStats | None]] = self._own_counts
         self.api_requests = Counter(
             "gslb_api_requests", "HTTP API requests, by route, method and status",
             ["route", "method", "status"], registry=self.registry,
@@ -60,7 +65,10 @@ class Metrics:
         self.check_failures = Counter(
             "gslb_health_check_failures", "failed health checks", ["type"], registry=self.registry,
         )
-        self.registry.register(_Collector(snapshot, transitions, lambda: self.dns))
+        self.registry.register(_Collector(snapshot, transitions))
+
+    async def _own_counts(self) -> DnsStats | None:
+        return counters_of(self.dns) if self.dns is not None else None
 
     def observe_check(self, ref: EndpointRef, check: HealthCheck, ok: bool, rtt: float | None) -> None:
         """The prober's report of one check (called from the health thread)."""
@@ -70,8 +78,19 @@ class Metrics:
         elif not ok:
             self.check_failures.labels(kind).inc()
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    async def scrape(self) -> bytes:
+        """The Prometheus text of every metric; call it on the event loop."""
+        dns = await self.dns_counts()
+        return await asyncio.to_thread(self.render, dns)
+
+    def render(self, dns: DnsStats | None = None) -> bytes:
+        """The text of every metric, with ``dns`` (counters as ``dns_counts`` gives them)."""
+        text = generate_latest(self.registry)
+        if dns is not None:
+            families = CollectorRegistry(auto_describe=False)
+            families.register(_DnsCollector(dns))
+            text += generate_latest(families)
+        return text
 
 
 class _Collector(Collector):
@@ -81,11 +100,9 @@ class _Collector(Collector):
         self,
         snapshot: Callable[[], Snapshot],
         transitions: Callable[[], dict[str, int]],
-        dns: Callable[[], DnsStats | None],
     ) -> None:
         self._snapshot = snapshot
         self._transitions = transitions
-        self._dns = dns
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         snap = self._snapshot()
@@ -108,9 +125,16 @@ class _Collector(Collector):
         for state, count in sorted(self._transitions().items()):
             moves.add_metric([state], count)
         yield moves
-        dns = self._dns()
-        if dns is not None:
-            yield from _dns_metrics(dns)
+
+
+class _DnsCollector(Collector):
+    """The DNS front's counters, as read for one scrape."""
+
+    def __init__(self, dns: DnsStats) -> None:
+        self._dns = dns
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        return _dns_metrics(self._dns)
 
 
 def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:

@@ -1,10 +1,13 @@
 """No false failover under DNS load: the real ``gslb serve`` is flooded with queries by
 dnsperf (a separate process, bounded in time) while it probes healthy endpoints every
-second; not one endpoint may go down, and the checks must keep their rhythm."""
+second; not one endpoint may go down, and the checks must keep their rhythm. Once with
+DNS in the one process, once with ``--workers 2`` (both workers flooded: dnsperf's
+clients come from several source ports, which the kernel spreads over the workers)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -56,6 +59,12 @@ def api(port: int, method: str, path: str, body: object = None) -> object:
         return json.load(response)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def down_transitions(service: dict[str, object]) -> list[str]:
     found = []
     for pool in service["pools"]:  # type: ignore[attr-defined]
@@ -66,15 +75,17 @@ def down_transitions(service: dict[str, object]) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 def test_dns_flood_causes_no_false_failover(
-    tmp_path: Path, endpoints: list[HealthServer]
+    tmp_path: Path, endpoints: list[HealthServer], workers: int
 ) -> None:
     if shutil.which("dnsperf") is None:
         pytest.fail("dnsperf is needed for the load test: `make test` installs it")
     zones = tmp_path / "zones"
     zones.mkdir()
     (zones / "load.yaml").write_text(ZONE)
-    proc, dns_port, api_port = start_gslb(zones, tmp_path / "state.sqlite", "--geoip", "none")
+    proc, dns_port, api_port = start_gslb(zones, tmp_path / "state.sqlite", "--geoip", "none",
+                                      "--workers", str(workers))
     try:
         for server in endpoints:
             api(api_port, "POST", "/register", {"service": WWW, "pool": "main",
@@ -92,6 +103,8 @@ def test_dns_flood_causes_no_false_failover(
 
         queries = tmp_path / "queries.txt"
         queries.write_text(f"{WWW} A\nstatic.load.test A\n{WWW} AAAA\nnothing.load.test A\n" * 50)
+        workers_cpu = {w["pid"]: cpu_seconds(w["pid"])
+                       for w in api(api_port, "GET", "/healthz").get("workers", [])}  # type: ignore[attr-defined]
         started = time.monotonic()
         flood = subprocess.run(
             ["dnsperf", "-s", "127.0.0.1", "-p", str(dns_port), "-d", str(queries),
@@ -105,6 +118,9 @@ def test_dns_flood_causes_no_false_failover(
         assert sent and qps, flood.stdout
         print(f"dnsperf: {sent.group(1)} queries sent, {qps.group(1)} answered per second")
         assert int(sent.group(1)) > 1000 * FLOOD_SECONDS  # it really was a flood
+
+        for pid, before in workers_cpu.items():  # every worker had its share of the flood
+            assert cpu_seconds(pid) - before > FLOOD_SECONDS * 0.1, (pid, cpu_seconds(pid) - before)
 
         service = api(api_port, "GET", f"/services/{WWW}")
         assert down_transitions(service) == []  # type: ignore[arg-type]

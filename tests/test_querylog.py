@@ -95,3 +95,16 @@ def test_query_log_is_off_by_default(tmp_path: Path) -> None:
 
 def _zones() -> tuple[Path]:
     return (Path(__file__).resolve().parent.parent / "zones",)
+
+
+def test_workers_log_their_queries(tmp_path: Path) -> None:
+    proc, dns_port, _ = start_gslb(tmp_path / "state.sqlite", *_zones(),
+                                   "--workers", "2", "--query-log", "1")
+    try:
+        for _ in range(4):
+            ask(dns_port, GEO, ecs="203.0.113.0")
+        lines = query_lines(proc, 4)
+    finally:
+        proc.stop(signal.SIGKILL)
+    assert len(lines) == 4, lines
+    assert all(f" {GEO} A ecs 203.0.113.0/24 -> NOERROR " in line for line in lines), lines

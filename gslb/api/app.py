@@ -47,7 +47,7 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from ipaddress import ip_address, ip_network
@@ -74,6 +74,7 @@ Reloader = Callable[[], ReloadReport]
 REGISTRY = web.AppKey("registry", Registry)
 RELOAD: web.AppKey[Reloader] = web.AppKey("reload")
 STORE_STATUS: web.AppKey[Callable[[], StoreStatus]] = web.AppKey("store_status")
+WORKERS: web.AppKey[Callable[[], list[views.JSON]]] = web.AppKey("workers")
 METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY = 64 * 1024  # bytes; a larger request body is refused with 413
 MAX_HEARTBEAT_TIMEOUT = 86400.0
@@ -116,12 +117,17 @@ def make_app(
     reload: Reloader | None = None,
     store_status: Callable[[], StoreStatus] | None = None,
     metrics: Metrics | None = None,
+    workers: Callable[[], list[views.JSON]] | None = None,
+    settle: Callable[[], Awaitable[object]] | None = None,
 ) -> web.Application:
     """The API application over ``registry``. ``reload`` re-reads the zone files (the
     daemon's); without it ``POST /reload`` answers 503. ``store_status`` says whether
     the state store is reachable, for ``/healthz``. ``metrics``: what ``/metrics``
     serves, and where requests are counted (the daemon's, with the DNS and prober
-    figures; without it, the API's and the registry's own)."""
+    figures; without it, the API's and the registry's own). ``workers``: the state of
+    the DNS worker processes, for ``/healthz`` (``gslb serve --workers N``); ``settle``:
+    waits until DNS answers show the registry's latest state (the workers'), so that a
+    successful write is answered only once the next DNS answer reflects it."""
     if metrics is None:
         metrics = Metrics(lambda: registry.snapshot, registry.transition_counts)
     tokens = Tokens(token, read_token, admin_token)
@@ -149,6 +155,8 @@ def make_app(
     scopes = {(method, path): scope for method, path, _, scope in routes}
     middlewares = [make_count_middleware(metrics), errors_middleware,
                    make_auth_middleware(tokens, scopes)]
+    if settle is not None:
+        middlewares.insert(1, make_settle_middleware(settle))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[REGISTRY] = registry
     app[METRICS] = metrics
@@ -156,6 +164,8 @@ def make_app(
         app[RELOAD] = reload
     if store_status is not None:
         app[STORE_STATUS] = store_status
+    if workers is not None:
+        app[WORKERS] = workers
     for method, path, handler, _ in routes:
         app.router.add_route(method, path, handler)
     return app
@@ -224,8 +234,9 @@ async def deregister(request: web.Request) -> web.Response:
 async def list_services(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     snapshot = registry.snapshot
+    answered = await _answered(request)
     found = await asyncio.to_thread(
-        views.services_json, snapshot, registry.notes, registry.source_of, _answered(request)
+        views.services_json, snapshot, registry.notes, registry.source_of, answered
     )
     return web.json_response(found)
 
@@ -233,14 +244,13 @@ async def list_services(request: web.Request) -> web.Response:
 async def get_service(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     wanted = fqdn(request.match_info["name"])
-    answered = _answered(request)
+    answered = await _answered(request)
     return web.json_response(await asyncio.to_thread(_service_json, registry, wanted, answered))
 
 
-def _answered(request: web.Request) -> views.Answered | None:
-    """DNS answers per endpoint, read here on the event loop: the DNS front's counters
-    are written without a lock by this thread only."""
-    dns = request.app[METRICS].dns
+async def _answered(request: web.Request) -> views.Answered | None:
+    """DNS answers per endpoint (this process's DNS server or its workers)."""
+    dns = await request.app[METRICS].dns_counts()
     return dns.summary().answered if dns is not None else None
 
 
@@ -361,14 +371,16 @@ def _endpoint_path(request: web.Request) -> tuple[str, str, IPAddress, int | Non
 
 async def metrics_text(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    body = await asyncio.to_thread(request.app[METRICS].render)
+    body = await request.app[METRICS].scrape()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def healthz(request: web.Request) -> web.Response:
     status = request.app.get(STORE_STATUS)
+    workers = request.app.get(WORKERS)
     return web.json_response(views.healthz_json(
-        request.app[REGISTRY].snapshot, None if status is None else status()))
+        request.app[REGISTRY].snapshot, None if status is None else status(),
+        None if workers is None else workers()))
 
 
 async def explain(request: web.Request) -> web.Response:
@@ -616,6 +628,19 @@ def make_count_middleware(metrics: Metrics) -> Middleware:
             metrics.api_requests.labels(pattern, request.method, str(status)).inc()
 
     return count
+
+
+def make_settle_middleware(settle: Callable[[], Awaitable[object]]) -> Middleware:
+    """After a successful write, waits for DNS to reflect it before answering."""
+
+    @web.middleware
+    async def settled(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if request.method != hdrs.METH_GET and response.status < 400:
+            await settle()
+        return response
+
+    return settled
 
 
 @web.middleware

@@ -195,16 +195,22 @@ def find_endpoint_json(snapshot: Snapshot, ref: EndpointRef, notes: Notes) -> JS
     return None
 
 
-def healthz_json(snapshot: Snapshot, store: StoreStatus | None = None) -> JSON:
-    """Liveness: DNS keeps answering while the store fails, so that is "degraded"."""
+def healthz_json(
+    snapshot: Snapshot, store: StoreStatus | None = None, workers: list[JSON] | None = None
+) -> JSON:
+    """Liveness: DNS keeps answering while the store fails, or while a DNS worker is
+    being replaced (the others answer), so those are "degraded"."""
+    ok = (store is None or store.ok) and all(w["state"] == "serving" for w in workers or ())
     found: JSON = {
-        "status": "ok" if store is None or store.ok else "degraded",
+        "status": "ok" if ok else "degraded",
         "generation": snapshot.generation,
         "zones": sorted(display_name(apex) for apex in snapshot.zones),
     }
     if store is not None:
         found["store"] = {"kind": store.kind, "ok": store.ok, "error": store.error,
                           "since": store.since}
+    if workers is not None:
+        found["workers"] = workers
     return found
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from time import perf_counter
@@ -164,6 +165,13 @@ class DnsServer:
             self._udp, self._tcp = udp, tcp
             return bound
         raise AssertionError("unreachable")
+
+    async def serve(self, udp: socket.socket, tcp: socket.socket) -> None:
+        """Answer on sockets bound elsewhere (a worker's share of a SO_REUSEPORT group);
+        ``tcp`` is listening already."""
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
+        self._tcp = await loop.create_server(lambda: _TcpConnection(self), sock=tcp)
 
     async def close(self) -> None:
         """Stop listening and drop every TCP connection."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
@@ -37,6 +38,9 @@ class DnsStats:
     tallies: Counter[Tally] = field(default_factory=Counter)  # replies computed in full
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> queries
     cache: ResponseCache | None = None  # the hits it served, with their tallies
+    # hits and misses of caches not attached (the counts of workers, summed)
+    cache_hits: int = 0
+    cache_misses: int = 0
     latency_bounds: tuple[float, ...] = LATENCY_BOUNDS
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     latency_sum: float = 0.0
@@ -63,10 +67,36 @@ class DnsStats:
                 pools.add((service, pool))
             for key in pools:
                 summary.answers[key] += count
+        summary.cache_hits = self.cache_hits
+        summary.cache_misses = self.cache_misses
         if self.cache is not None:
-            summary.cache_hits = self.cache.hits
-            summary.cache_misses = self.cache.misses
+            summary.cache_hits += self.cache.hits
+            summary.cache_misses += self.cache.misses
         return summary
+
+
+def counters_of(stats: DnsStats) -> DnsStats:
+    """A copy of ``stats`` with counts only (no cache attached): picklable, and safe to
+    read in another thread or process. Call it where ``stats`` is written."""
+    return summed([stats])
+
+
+def summed(parts: Iterable[DnsStats]) -> DnsStats:
+    """The counts of several servers' stats together (the workers')."""
+    total = DnsStats()
+    for part in parts:
+        total.tallies.update(part.totals())
+        total.dropped.update(part.dropped)
+        total.cache_hits += part.cache_hits
+        total.cache_misses += part.cache_misses
+        if part.cache is not None:
+            total.cache_hits += part.cache.hits
+            total.cache_misses += part.cache.misses
+        if part.latency_bounds == total.latency_bounds:
+            total.latency_counts = [a + b for a, b in zip(total.latency_counts,
+                                                          part.latency_counts, strict=True)]
+            total.latency_sum += part.latency_sum
+    return total
 
 
 @dataclass(slots=True)

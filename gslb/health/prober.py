@@ -22,28 +22,30 @@ stop being checked; a changed check restarts that endpoint's schedule.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import enum
 import logging
 import random
+import resource
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-
+from gslb.health.http import BadResponseError, HttpChecker, HttpTarget
 from gslb.model import CheckKind, EndpointRef, HealthCheck, IPAddress
-from gslb.registry import Registry
-from gslb.snapshot import Snapshot
+from gslb.registry import CheckReport, Registry
+from gslb.snapshot import ServiceView, Snapshot
 
 log = logging.getLogger("gslb.health")
 
 SYNC_PERIOD = 0.05  # seconds between looks at the registry's generation
 FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its interval)
-JITTER = 0.05  # later checks are interval × (1 ± JITTER) apart, so they never fire in bursts
-USER_AGENT = "gslb-prober/0.1"
-MAX_BODY = 64 * 1024  # bytes of a response searched for the check's ``body`` text
+# The second check comes 0.5-1 interval after the first, so that endpoints that appeared
+# together (a zone file of thousands) spread over the interval instead of all checking
+# at the same moment; later checks are interval × (1 ± JITTER) apart.
+SECOND = (0.5, 1.0)
+JITTER = 0.05
+REPORT_PERIOD = 0.01  # results are handed to the registry in batches this often
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -73,65 +75,42 @@ def http_url(address: IPAddress, port: int, path: str, tls: bool = False) -> str
     return f"{'https' if tls else 'http'}://{host}:{port}{path}"
 
 
-_VERIFYING = ssl.create_default_context()
-
-
-def _tls(check: HealthCheck) -> ssl.SSLContext | bool:
-    """The TLS setting of a check: verify against the system's CAs, or not at all."""
-    if not check.tls:
-        return True  # aiohttp's default; unused for http URLs
-    return _VERIFYING if check.tls_verify else False
-
-
-def make_session() -> aiohttp.ClientSession:
-    """The HTTP client for checks: one connection per check, no proxy from the environment.
-
-    Reusing pooled connections would let a check pass over an old socket after the
-    endpoint stopped accepting new ones, so every check connects afresh.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True, limit=0),
-        trust_env=False,
-        headers={"User-Agent": USER_AGENT, "Connection": "close"},
-        auto_decompress=False,
-    )
+def make_session(keep: int | None = None) -> HttpChecker:
+    """The HTTP client of the checks: keeps a connection per endpoint for the next check,
+    at most ``keep`` of them (default: half the file descriptors this process may open)."""
+    if keep is None:
+        keep = max(0, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
+    return HttpChecker(keep)
 
 
 async def check_http(
-    session: aiohttp.ClientSession, address: IPAddress, port: int, check: HealthCheck
+    session: HttpChecker, address: IPAddress, port: int, check: HealthCheck,
+    target: HttpTarget | None = None,
 ) -> CheckResult:
     """GET the check's path; pass when the status is within [expect_min, expect_max] and,
     when the check names a ``body`` text, the first 64 KiB of the body contain it.
 
     The connection goes to the address; ``host`` only sets the Host header and the name
-    the certificate must match, so a check never resolves names.
+    the certificate must match, so a check never resolves names. ``target`` (made by the
+    caller once per endpoint) keeps its connection for the next check.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    headers = {} if check.host is None else {"Host": check.host}
-    tls_name = check.host if check.tls and check.tls_verify else None
-    body = b""
+    if target is None:
+        target = HttpTarget(address, port, check)
     try:
-        async with session.get(
-            http_url(address, port, check.path, check.tls),
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=check.timeout),
-            headers=headers,
-            ssl=_tls(check),
-            server_hostname=tls_name,
-        ) as response:
-            status = response.status
-            if check.body is not None:
-                body = await response.content.read(MAX_BODY)
-            rtt = loop.time() - started
+        async with asyncio.timeout(check.timeout):
+            response = await session.get(target)
     except TimeoutError:
         return CheckResult(False, f"timeout after {check.timeout:g}s")
-    except aiohttp.ClientConnectorError as exc:
-        return CheckResult(False, _os_error_text(exc.os_error))
-    except (aiohttp.ClientError, OSError) as exc:
-        return CheckResult(False, _error_text(exc))
+    except (OSError, ssl.SSLError) as exc:
+        return CheckResult(False, _os_error_text(exc))
+    except BadResponseError as exc:
+        return CheckResult(False, str(exc))
+    rtt = loop.time() - started
+    status = response.status
     if check.expect_min <= status <= check.expect_max:
-        if check.body is not None and check.body.encode() not in body:
+        if check.body is not None and check.body.encode() not in response.body:
             return CheckResult(False, f"HTTP {status} without {check.body!r} in the body", rtt)
         return CheckResult(True, f"HTTP {status}", rtt)
     expected = (
@@ -159,9 +138,10 @@ async def check_tcp(address: IPAddress, port: int, timeout: float) -> CheckResul
 
 
 async def run_check(
-    session: aiohttp.ClientSession, check: HealthCheck, ref: EndpointRef
+    session: HttpChecker, check: HealthCheck, ref: EndpointRef, target: HttpTarget | None = None
 ) -> CheckResult:
-    """Run ``check`` against the endpoint ``ref`` names; anything unexpected is a failure."""
+    """Run ``check`` against the endpoint ``ref`` names; anything unexpected is a failure.
+    An HTTP check's ``target`` keeps its connection from one check to the next."""
     port = check_port(check, ref.port)
     try:
         if not check.probed:
@@ -170,7 +150,7 @@ async def run_check(
             return CheckResult(False, "no port to check: set check.port or the endpoint's port")
         if check.kind is CheckKind.TCP:
             return await check_tcp(ref.address, port, check.timeout)
-        return await check_http(session, ref.address, port, check)
+        return await check_http(session, ref.address, port, check, target)
     except Exception as exc:  # a bug in a check must not take the prober down
         return CheckResult(False, f"check error: {_error_text(exc)}")
 
@@ -180,6 +160,8 @@ def _os_error_text(exc: OSError) -> str:
         return "connection refused"
     if isinstance(exc, TimeoutError):
         return "connect timeout"
+    if isinstance(exc, ssl.SSLError):
+        return _error_text(exc)
     return exc.strerror.lower() if exc.strerror else _error_text(exc)
 
 
@@ -223,7 +205,7 @@ class Tracker:
                 self, state=ProbeState.UP if ok else ProbeState.DOWN, streak=0
             )
         if ok == self.up:
-            return dataclasses.replace(self, streak=0)
+            return self if self.streak == 0 else dataclasses.replace(self, streak=0)
         streak = self.streak + 1
         if streak >= (self.fall if self.up else self.rise):
             return dataclasses.replace(
@@ -257,6 +239,8 @@ class Prober:
     """Checks every probed endpoint of ``registry`` and reports what it finds.
 
     ``run()`` loops until cancelled; at most ``max_concurrent`` checks run at once.
+    Results reach the registry in batches every ``REPORT_PERIOD`` (one lock and at most
+    one snapshot for many results); the observer ``on_check`` hears of each at once.
     """
 
     def __init__(
@@ -274,12 +258,16 @@ class Prober:
         self._targets: dict[EndpointRef, _Target] = {}
         self._trackers: dict[EndpointRef, Tracker] = {}
         self._generation = -1
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpChecker | None = None
         self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._pending: list[CheckReport] = []
+        self._flush: asyncio.TimerHandle | None = None
+        self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
+        self._refs: dict[str, set[EndpointRef]] = {}  # service -> its probed endpoints
 
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
-        async with self._session() as session:
+        async with make_session() as session:
             self._http = session
             self._semaphore = asyncio.Semaphore(self._max_concurrent)
             try:
@@ -289,14 +277,6 @@ class Prober:
             finally:
                 await self._stop_all()
                 self._http = None
-
-    @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
-        session = make_session()
-        try:
-            yield session
-        finally:
-            await session.close()
 
     def _follow(self) -> None:
         """Catch up with the registry's latest snapshot, if it changed."""
@@ -310,30 +290,55 @@ class Prober:
             log.exception("prober: cannot follow registry changes")
 
     def _sync(self, snapshot: Snapshot) -> None:
-        """Start, restart and stop endpoint schedules to match ``snapshot``."""
+        """Start, restart and stop endpoint schedules to match ``snapshot``.
+
+        Most snapshots differ from the last one only in health; a service whose check
+        and endpoints are the same objects as last time is skipped without a look at
+        each endpoint, so a new snapshot costs little with thousands of endpoints.
+        """
         session = self._http
         if session is None:
             return  # not running
-        wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
-        # Trackers resume from this instance's own verdicts: the snapshot's probe state
-        # may be a quorum of several instances that this prober must not take as its own.
-        verdicts = self._registry.probe_verdicts()
+        verdicts: dict[EndpointRef, bool] | None = None
+        present: set[str] = set()
         for zone in snapshot.zones.values():
             for service in zone.services.values():
-                for view in service.endpoints:
-                    endpoint = view.endpoint
-                    check = service.service.check_of(endpoint)
-                    ref = EndpointRef(service.name, view.pool.name, endpoint.address, endpoint.port)
-                    if check.probed:
-                        wanted[ref] = (check, verdicts.get(ref, True))
-                    elif not view.health.probe_up:  # its check was just switched off
-                        self._registry.set_probe_state(ref, True, "health check disabled")
+                present.add(service.name)
+                signature = (service.service.check,
+                             tuple([(view.pool.name, view.endpoint) for view in service.endpoints]))
+                if self._signatures.get(service.name) == signature:
+                    continue
+                if verdicts is None:
+                    # Trackers resume from this instance's own verdicts: the snapshot's
+                    # probe state may be a quorum of several instances.
+                    verdicts = self._registry.probe_verdicts()
+                self._signatures[service.name] = signature
+                self._sync_service(service, verdicts, session)
+        for name in [name for name in self._signatures if name not in present]:
+            del self._signatures[name]
+            for ref in self._refs.pop(name, set()):
+                self._stop(ref)
 
-        for ref in [ref for ref in self._targets if ref not in wanted]:
-            self._targets.pop(ref).task.cancel()
-            self._trackers.pop(ref, None)
+    def _sync_service(
+        self, service: ServiceView, verdicts: dict[EndpointRef, bool], session: HttpChecker
+    ) -> None:
+        wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
+        for view in service.endpoints:
+            endpoint = view.endpoint
+            check = service.service.check_of(endpoint)
+            ref = EndpointRef(service.name, view.pool.name, endpoint.address, endpoint.port)
+            if check.probed:
+                wanted[ref] = (check, verdicts.get(ref, True))
+            elif not view.health.probe_up:  # its check was just switched off
+                self._registry.set_probe_state(ref, True, "health check disabled")
+
+        refs = self._refs.setdefault(service.name, set())
+        for ref in [ref for ref in refs if ref not in wanted]:
+            refs.discard(ref)
+            self._stop(ref)
 
         for ref, (check, probe_up) in wanted.items():
+            refs.add(ref)
             target = self._targets.get(ref)
             tracker = self._trackers.get(ref)
             if target is not None and tracker is not None:
@@ -350,40 +355,74 @@ class Prober:
             task = asyncio.create_task(self._probe_forever(ref, check, session), name=f"probe {ref}")
             self._targets[ref] = _Target(check, task)
 
-    async def _probe_forever(
-        self, ref: EndpointRef, check: HealthCheck, session: aiohttp.ClientSession
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(self._rng.uniform(0, min(check.interval, FIRST_STAGGER)))
-        while True:
-            started = loop.time()
-            try:
-                async with self._semaphore:
-                    result = await run_check(session, check, ref)
-                self._report(ref, result)
-            except Exception:
-                log.exception("prober: cannot report the check of %s", ref)
-            delay = check.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
-            await asyncio.sleep(max(0.0, started + delay - loop.time()))
+    def _stop(self, ref: EndpointRef) -> None:
+        target = self._targets.pop(ref, None)
+        if target is not None:
+            target.task.cancel()
+        self._trackers.pop(ref, None)
 
-    def _report(self, ref: EndpointRef, result: CheckResult) -> None:
+    async def _probe_forever(self, ref: EndpointRef, check: HealthCheck, session: HttpChecker) -> None:
+        loop = asyncio.get_running_loop()
+        uniform = self._rng.uniform
+        port = check_port(check, ref.port)
+        target = None
+        if check.kind is CheckKind.HTTP and port is not None and 0 < port < 65536:
+            target = HttpTarget(ref.address, port, check)
+        try:
+            await asyncio.sleep(uniform(0, min(check.interval, FIRST_STAGGER)))
+            spread = SECOND
+            while True:
+                started = loop.time()
+                try:
+                    async with self._semaphore:
+                        result = await run_check(session, check, ref, target)
+                    self._report(ref, check, result)
+                except Exception:
+                    log.exception("prober: cannot report the check of %s", ref)
+                delay = check.interval * uniform(*spread)
+                spread = (1 - JITTER, 1 + JITTER)
+                await asyncio.sleep(max(0.0, started + delay - loop.time()))
+        finally:
+            if target is not None:
+                session.forget(target)
+
+    def _report(self, ref: EndpointRef, check: HealthCheck, result: CheckResult) -> None:
         self._follow()  # the endpoint may have gone (or changed) while its check ran
         before = self._trackers.get(ref)
-        if before is None or self._targets[ref].task is not asyncio.current_task():
+        target = self._targets.get(ref)
+        if before is None or target is None or target.task is not asyncio.current_task():
             return  # removed, or restarted with a new check: this result is stale
-        self._registry.note_check(ref, result.ok, result.result, result.rtt)
-        if self._on_check is not None:
-            self._on_check(ref, self._targets[ref].check, result.ok, result.rtt)
         after = before.observe(result.ok)
-        self._trackers[ref] = after
-        if after.up != before.up or before.state is ProbeState.UNCONFIRMED:
-            # the first verdict is reported even when it agrees: it confirms the state
-            self._registry.set_probe_state(ref, after.up, before.reason(after, result.result))
+        verdict, reason = None, ""
+        if after is not before:
+            self._trackers[ref] = after
+            if after.up != before.up or before.state is ProbeState.UNCONFIRMED:
+                # the first verdict is reported even when it agrees: it confirms the state
+                verdict, reason = after.up, before.reason(after, result.result)
+        self._pending.append(CheckReport(ref, result.ok, result.result, result.rtt, verdict, reason))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(REPORT_PERIOD, self._hand_over)
+        if self._on_check is not None:
+            self._on_check(ref, check, result.ok, result.rtt)
+
+    def _hand_over(self) -> None:
+        """Give the registry the results gathered since the last time."""
+        self._flush = None
+        pending, self._pending = self._pending, []
+        try:
+            self._registry.note_checks(pending)
+        except Exception:  # a registry bug must not stop the probing
+            log.exception("prober: cannot report %d check results", len(pending))
 
     async def _stop_all(self) -> None:
         tasks = [target.task for target in self._targets.values()]
         self._targets.clear()
         self._trackers.clear()
+        self._signatures.clear()
+        self._refs.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flush is not None:
+            self._flush.cancel()
+        self._hand_over()  # what was found before the stop is kept

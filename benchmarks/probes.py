@@ -109,10 +109,11 @@ def zone_text(ports: list[list[object]], kind: str, per_service: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def thread_cpu(tid: int) -> float:
-    """User + system CPU seconds of one thread of this process."""
+def thread_cpu(tid: int) -> tuple[float, float]:
+    """User and system CPU seconds of one thread of this process."""
     fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -144,14 +145,16 @@ def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str,
         assert thread is not None and thread.native_id is not None
         tid = thread.native_id
         time.sleep(WARMUP)
-        started, cpu0, proc0 = clock(), thread_cpu(tid), time.process_time()
+        started, (user0, sys0), proc0 = clock(), thread_cpu(tid), time.process_time()
         generation0 = registry.generation
         transitions0 = sum(registry.transition_counts().values())
         failures0 = len(failures)
         counted0 = sum(len(t) for t in times.values())
         time.sleep(seconds)
         wall = clock() - started
-        cpu, proc = thread_cpu(tid) - cpu0, time.process_time() - proc0
+        user, system = thread_cpu(tid)
+        user, system = user - user0, system - sys0
+        cpu, proc = user + system, time.process_time() - proc0
         checks = sum(len(t) for t in times.values()) - counted0
         publishes = registry.generation - generation0
         transitions = sum(registry.transition_counts().values()) - transitions0
@@ -169,6 +172,7 @@ def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str,
         "endpoints": len(ports),
         "checks_per_s": checks / wall,
         "thread_cpu_pct": 100 * cpu / wall,
+        "thread_system_pct": 100 * system / wall,
         "process_cpu_pct": 100 * proc / wall,
         "thread_cpu_us_per_check": 1e6 * cpu / max(checks, 1),
         "gap_p50": statistics.median(gaps) if gaps else float("nan"),
@@ -203,13 +207,14 @@ def main() -> None:
             ports += json.loads(child.stdout.readline())
         print(f"{len(ports)} endpoints on {len(HOSTS)} loopback addresses; checks every 1 s; "
               f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured")
-        header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'process CPU':>11} "
+        header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
                   f"{'µs/check':>8} {'gap p50':>8} {'gap p99':>8} {'gap max':>8} "
                   f"{'failed':>6} {'transitions':>11} {'publishes/s':>11}")
         print(header)
         for kind in args.kind:
             r, sample = run(kind, ports, args.seconds)
             print(f"{kind:5} {r['checks_per_s']:9.0f} {r['thread_cpu_pct']:9.1f}% "
+                  f"{r['thread_system_pct']:7.1f}% "
                   f"{r['process_cpu_pct']:10.1f}% {r['thread_cpu_us_per_check']:8.1f} "
                   f"{r['gap_p50']:8.3f} {r['gap_p99']:8.3f} {r['gap_max']:8.3f} "
                   f"{r['failures']:6.0f} {r['transitions']:11.0f} {r['publishes_per_s']:11.1f}",

@@ -133,8 +133,12 @@ def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str,
     failures: list[EndpointRef] = []
     clock = time.monotonic
 
+    rtts: list[float] = []
+
     def observe(ref: EndpointRef, check: HealthCheck, ok: bool, rtt: float | None) -> None:
         times[ref].append(clock())
+        if rtt is not None and len(rtts) < 1_000_000:
+            rtts.append(rtt)
         if not ok:
             failures.append(ref)
 
@@ -178,6 +182,8 @@ def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str,
         "gap_p50": statistics.median(gaps) if gaps else float("nan"),
         "gap_p99": percentile(gaps, 0.99) if gaps else float("nan"),
         "gap_max": max(gaps, default=float("nan")),
+        "rtt_p50_ms": 1000 * statistics.median(rtts) if rtts else float("nan"),
+        "rtt_p99_ms": 1000 * percentile(rtts, 0.99) if rtts else float("nan"),
         "failures": failed,
         "transitions": transitions,
         "publishes_per_s": publishes / wall,
@@ -209,6 +215,7 @@ def main() -> None:
               f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured")
         header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
                   f"{'µs/check':>8} {'gap p50':>8} {'gap p99':>8} {'gap max':>8} "
+                  f"{'rtt p50':>8} {'rtt p99':>8} "
                   f"{'failed':>6} {'transitions':>11} {'publishes/s':>11}")
         print(header)
         for kind in args.kind:
@@ -217,6 +224,7 @@ def main() -> None:
                   f"{r['thread_system_pct']:7.1f}% "
                   f"{r['process_cpu_pct']:10.1f}% {r['thread_cpu_us_per_check']:8.1f} "
                   f"{r['gap_p50']:8.3f} {r['gap_p99']:8.3f} {r['gap_max']:8.3f} "
+                  f"{r['rtt_p50_ms']:6.1f}ms {r['rtt_p99_ms']:6.1f}ms "
                   f"{r['failures']:6.0f} {r['transitions']:11.0f} {r['publishes_per_s']:11.1f}",
                   flush=True)
             if sample:

@@ -54,7 +54,8 @@ from gslb.store.contract import Heartbeat, Registration, Store, StoredState
 
 log = logging.getLogger("gslb.registry")
 
-RTT_CHANGE = 0.2  # relative RTT change that is worth a new snapshot
+RTT_CHANGE = 0.2  # relative RTT change that is worth a new snapshot ...
+RTT_FLOOR = 0.001  # ... when it is also this many seconds (sub-millisecond jitter is not)
 LAZY_PUBLISH = 1.0  # seconds: a probe result that answers barely depend on waits this long
 DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # when an endpoint sends heartbeats without registering a timeout
 HISTORY = 20  # transitions kept per endpoint
@@ -431,11 +432,10 @@ class Registry:
         and in at most one new snapshot.
 
         A verdict that changes whether an endpoint is answered is published at once, and
-        so is an RTT that moved by a fifth or more for a ``fastest`` service (which orders
-        by it). What answers barely depend on waits for a snapshot made within about a
-        second (``LAZY_PUBLISH``): the first verdict that only confirms an endpoint's
-        state, and its first RTT. Other RTT changes only show in the API and wait for a
-        snapshot made for another reason, so that steady checks publish nothing.
+        so is an RTT that moved for a ``fastest`` service (which orders by it; see
+        ``_keep_rtt``). What answers barely depend on waits for a snapshot made within
+        about a second (``LAZY_PUBLISH``): the first verdict that only confirms an
+        endpoint's state, and its first RTT. Steady checks publish nothing.
         """
         verdicts = False
         with self._lock:
@@ -468,17 +468,26 @@ class Registry:
                 listener()
 
     def _keep_rtt(self, ref: EndpointRef, rtt: float) -> bool | None:
-        """Keep a new RTT when it moved enough; returns whether a snapshot must show it:
-        now (True: a ``fastest`` service orders by it), soon (None: the first RTT of an
-        endpoint), or whenever one is made for another reason (False)."""
+        """Keep the RTT that answers use; returns whether a snapshot must show it now
+        (True), soon (None) or not at all (False).
+
+        A ``fastest`` service orders by it: a move by a fifth and a millisecond or more
+        is kept and shown at once. Other services keep the first RTT only (so that the
+        API shows one); the latest is in the check note, and churning the health of
+        thousands of endpoints with round-trip jitter would buy nothing.
+        """
         old = self._current(ref)
-        if old.rtt is not None and abs(rtt - old.rtt) < RTT_CHANGE * old.rtt:
+        if old.rtt is None:
+            self._health[ref] = dataclasses.replace(old, rtt=rtt)
+            return True if self._fastest(ref) else None
+        if abs(rtt - old.rtt) < max(RTT_CHANGE * old.rtt, RTT_FLOOR) or not self._fastest(ref):
             return False
         self._health[ref] = dataclasses.replace(old, rtt=rtt)
+        return True
+
+    def _fastest(self, ref: EndpointRef) -> bool:
         found = self._services.get(ref.service)
-        if found is not None and found[1].policy is Policy.FASTEST:
-            return True
-        return None if old.rtt is None else False
+        return found is not None and found[1].policy is Policy.FASTEST
 
     def set_locator(self, locator: Locator | None) -> None:
         """Use another GeoIP database for answers from now on."""

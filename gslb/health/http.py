@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import cast
@@ -71,37 +72,58 @@ def tls_context(check: HealthCheck) -> ssl.SSLContext | None:
     return _VERIFYING if check.tls_verify else _ANY_CERTIFICATE
 
 
-class _Exchange(asyncio.Protocol):
-    """One connection: sends a request when asked, parses the response into a future."""
+Outcome = Response | BaseException  # what an exchange ends with
+Done = Callable[[Outcome], None]
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, kept: set[_Exchange]) -> None:
+
+class _Exchange(asyncio.Protocol):
+    """One connection: sends a request when asked, parses the response, and calls back
+    with it (or with the error: a timeout, the connection closing, a malformed reply)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: HttpChecker) -> None:
         self._loop = loop
-        self._kept = kept  # the checker's kept connections: leave it when closed
+        self._owner = owner
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.opened = loop.time()
         self.closed = False
-        self._waiter: asyncio.Future[Response] | None = None
+        self._done: Done | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._want_body = False
         self._body = bytearray()
         self._status = 0  # of the response being read; 0: headers not complete yet
-        self._got_bytes = False
+        self.got_bytes = False
 
-    # --- asked by HttpChecker ---
-
-    def request(self, data: bytes, want_body: bool) -> asyncio.Future[Response]:
+    def send(self, data: bytes, want_body: bool, done: Done, timeout: float | None) -> None:
+        """Send ``data``; ``done`` is called once, with the response or the error."""
         assert self.transport is not None
-        self._waiter = waiter = self._loop.create_future()
+        self._done = done
         self._want_body = want_body
         self._body.clear()
         self._status = 0
-        self._got_bytes = False
+        self.got_bytes = False
+        if timeout is not None:
+            self._timer = self._loop.call_later(timeout, self._time_out)
         self.transport.write(data)
+
+    def request(self, data: bytes, want_body: bool) -> asyncio.Future[Response]:
+        """``send`` for coroutines: the response as a future (the caller bounds the time)."""
+        waiter: asyncio.Future[Response] = self._loop.create_future()
+
+        def settle(outcome: Outcome) -> None:
+            if waiter.done():
+                return
+            if isinstance(outcome, Response):
+                waiter.set_result(outcome)
+            else:
+                waiter.set_exception(outcome)
+
+        self.send(data, want_body, settle, None)
         return waiter
 
     def close(self) -> None:
         self.closed = True
-        self._kept.discard(self)
+        self._owner._kept.discard(self)
         if self.transport is not None:
             self.transport.close()
 
@@ -109,12 +131,13 @@ class _Exchange(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._owner._open.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():
+        if self._done is None:
             self.close()  # bytes nobody asked for: this connection cannot be trusted
             return
-        self._got_bytes = True
+        self.got_bytes = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -122,18 +145,13 @@ class _Exchange(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._kept.discard(self)
-        if self._waiter is not None and not self._waiter.done():
+        self._owner._kept.discard(self)
+        self._owner._open.discard(self)
+        if self._done is not None:
             if self._status:  # a body delimited by the end of the connection
                 self._finish(keep_alive=False)
-            elif exc is not None:
-                self._waiter.set_exception(exc)
             else:
-                self._waiter.set_exception(ClosedError())
-
-    @property
-    def got_bytes(self) -> bool:
-        return self._got_bytes
+                self._fail(exc if exc is not None else ClosedError())
 
     # --- httptools callbacks ---
 
@@ -154,17 +172,31 @@ class _Exchange(asyncio.Protocol):
             return
         self._finish(self._parser.should_keep_alive())
 
+    # --- the end of an exchange ---
+
+    def _time_out(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError())
+
     def _finish(self, keep_alive: bool) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self._status, bytes(self._body), keep_alive))
+        done = self._end()
         if not keep_alive:
             self.close()
+        if done is not None:
+            done(Response(self._status, bytes(self._body) if self._want_body else b"", keep_alive))
 
-    def _fail(self, exc: Exception) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)
-        self.close()
+    def _fail(self, exc: BaseException) -> None:
+        done = self._end()
+        self.close()  # its state is unknown: never reused
+        if done is not None:
+            done(exc)
+
+    def _end(self) -> Done | None:
+        done, self._done = self._done, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return done
 
 
 class HttpTarget:
@@ -183,12 +215,16 @@ class HttpTarget:
 class HttpChecker:
     """Sends checks' GETs, keeping at most ``keep`` idle connections for the next ones.
 
-    Use as ``async with HttpChecker() as http:``; leaving closes every kept connection.
+    ``send`` is the fast path: a GET over a kept connection, with a callback and no
+    coroutine; ``get`` (a coroutine) also connects. Use as ``async with HttpChecker() as
+    http:``; leaving closes every connection.
     """
 
     def __init__(self, keep: int = 10_000) -> None:
         self._keep = keep
-        self._kept: set[_Exchange] = set()
+        self._kept: set[_Exchange] = set()  # idle, for the next check of their target
+        self._open: set[_Exchange] = set()  # every connection, idle or not
+        self._retries: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> HttpChecker:
         return self
@@ -199,10 +235,15 @@ class HttpChecker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        retries = list(self._retries)
+        for task in retries:
+            task.cancel()
+        await asyncio.gather(*retries, return_exceptions=True)
         self.close()
+        await asyncio.sleep(0)  # let the transports finish closing
 
     def close(self) -> None:
-        for exchange in list(self._kept):
+        for exchange in list(self._open):
             exchange.close()
 
     @property
@@ -216,9 +257,47 @@ class HttpChecker:
             target.exchange.close()
             target.exchange = None
 
+    def send(self, target: HttpTarget, timeout: float, done: Done) -> bool:
+        """GET over the target's kept connection and call ``done`` with the response or
+        the error (TimeoutError after ``timeout``). False, and nothing sent, when the
+        target has no usable kept connection: use ``get``."""
+        exchange, target.exchange = target.exchange, None
+        if exchange is None:
+            return False
+        self._kept.discard(exchange)
+        loop = exchange._loop
+        started = loop.time()
+        if exchange.closed or started - exchange.opened > MAX_AGE:
+            exchange.close()
+            return False
+
+        def finished(outcome: Outcome) -> None:
+            if isinstance(outcome, Response):
+                self._keep_or_close(target, exchange, outcome)
+            elif _stale(outcome, exchange):
+                # closed by the endpoint while idle: once more, on a fresh connection
+                task = loop.create_task(self._retry(target, timeout - (loop.time() - started), done))
+                self._retries.add(task)
+                task.add_done_callback(self._retries.discard)
+                return
+            done(outcome)
+
+        exchange.send(target.request, target.check.body is not None, finished, timeout)
+        return True
+
+    async def _retry(self, target: HttpTarget, timeout: float, done: Done) -> None:
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                outcome: Outcome = await self.get(target)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome = exc
+        done(outcome)
+
     async def get(self, target: HttpTarget) -> Response:
-        """GET the target's path; raises OSError, TimeoutError (the caller bounds the
-        time), ssl.SSLError or BadResponseError."""
+        """GET the target's path, over its kept connection or a new one; raises OSError,
+        TimeoutError (the caller bounds the time), ssl.SSLError or BadResponseError."""
         loop = asyncio.get_running_loop()
         exchange, target.exchange = target.exchange, None
         want_body = target.check.body is not None
@@ -229,8 +308,8 @@ class HttpChecker:
             else:
                 try:
                     response = await self._exchange(exchange, target.request, want_body)
-                except (ClosedError, ConnectionResetError, BrokenPipeError):
-                    if exchange.got_bytes:
+                except (ClosedError, ConnectionResetError, BrokenPipeError) as exc:
+                    if not _stale(exc, exchange):
                         raise
                     # closed by the endpoint while idle: once more, on a fresh connection
                 else:
@@ -251,7 +330,7 @@ class HttpChecker:
         else:
             server_hostname = check.host or ""  # "": no SNI, no name to match
         _, exchange = await loop.create_connection(
-            lambda: _Exchange(loop, self._kept), target.host, target.port, ssl=context,
+            lambda: _Exchange(loop, self), target.host, target.port, ssl=context,
             server_hostname=server_hostname,
         )
         return exchange
@@ -272,3 +351,9 @@ class HttpChecker:
             self._kept.add(exchange)
         else:
             exchange.close()
+
+
+def _stale(outcome: BaseException, exchange: _Exchange) -> bool:
+    """Whether a kept connection failed only because the endpoint had closed it."""
+    return isinstance(outcome, ClosedError | ConnectionResetError | BrokenPipeError) and (
+        not exchange.got_bytes)

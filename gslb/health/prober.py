@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
+import heapq
 import logging
 import random
 import resource
@@ -31,7 +33,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gslb.health.http import BadResponseError, HttpChecker, HttpTarget
+from gslb.health.http import BadResponseError, HttpChecker, HttpTarget, Outcome, Response
 from gslb.model import CheckKind, EndpointRef, HealthCheck, IPAddress
 from gslb.registry import CheckReport, Registry
 from gslb.snapshot import ServiceView, Snapshot
@@ -46,6 +48,7 @@ FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its int
 SECOND = (0.5, 1.0)
 JITTER = 0.05
 REPORT_PERIOD = 0.01  # results are handed to the registry in batches this often
+TICK = 0.005  # seconds between looks for due checks (one timer for all endpoints)
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -98,19 +101,28 @@ async def check_http(
     started = loop.time()
     if target is None:
         target = HttpTarget(address, port, check)
+    outcome: Outcome
     try:
         async with asyncio.timeout(check.timeout):
-            response = await session.get(target)
-    except TimeoutError:
-        return CheckResult(False, f"timeout after {check.timeout:g}s")
-    except (OSError, ssl.SSLError) as exc:
-        return CheckResult(False, _os_error_text(exc))
-    except BadResponseError as exc:
-        return CheckResult(False, str(exc))
-    rtt = loop.time() - started
-    status = response.status
+            outcome = await session.get(target)
+    except (TimeoutError, OSError, ssl.SSLError, BadResponseError) as exc:
+        outcome = exc
+    return judge_http(check, outcome, loop.time() - started)
+
+
+def judge_http(check: HealthCheck, outcome: Outcome, rtt: float) -> CheckResult:
+    """What an HTTP check's response (or error) says, by the check's rules."""
+    if not isinstance(outcome, Response):
+        if isinstance(outcome, TimeoutError):
+            return CheckResult(False, f"timeout after {check.timeout:g}s")
+        if isinstance(outcome, OSError):
+            return CheckResult(False, _os_error_text(outcome))
+        if isinstance(outcome, BadResponseError):
+            return CheckResult(False, str(outcome))
+        return CheckResult(False, f"check error: {_error_text(outcome)}")
+    status = outcome.status
     if check.expect_min <= status <= check.expect_max:
-        if check.body is not None and check.body.encode() not in response.body:
+        if check.body is not None and check.body.encode() not in outcome.body:
             return CheckResult(False, f"HTTP {status} without {check.body!r} in the body", rtt)
         return CheckResult(True, f"HTTP {status}", rtt)
     expected = (
@@ -225,10 +237,22 @@ class Tracker:
 # --- scheduling ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    check: HealthCheck
-    task: asyncio.Task[None]
+class _Schedule:
+    """One probed endpoint: its check, when it is due next, its connection (HTTP)."""
+
+    __slots__ = ("ref", "check", "port", "target", "due", "started", "spread", "stopped")
+
+    def __init__(self, ref: EndpointRef, check: HealthCheck, due: float) -> None:
+        self.ref = ref
+        self.check = check
+        self.port = check_port(check, ref.port)
+        self.target: HttpTarget | None = None
+        if check.kind is CheckKind.HTTP and self.port is not None and 0 < self.port < 65536:
+            self.target = HttpTarget(ref.address, self.port, check)
+        self.due = due
+        self.started = due
+        self.spread = SECOND
+        self.stopped = False  # removed or replaced: its results are stale
 
 
 # Told of every check's outcome (metrics): endpoint, its check, passed, round trip.
@@ -239,8 +263,12 @@ class Prober:
     """Checks every probed endpoint of ``registry`` and reports what it finds.
 
     ``run()`` loops until cancelled; at most ``max_concurrent`` checks run at once.
-    Results reach the registry in batches every ``REPORT_PERIOD`` (one lock and at most
-    one snapshot for many results); the observer ``on_check`` hears of each at once.
+
+    One heap of schedules, looked at every ``TICK``, starts the checks that are due (no
+    task sleeps per endpoint). An HTTP check over a kept connection runs on callbacks
+    alone; a check that must connect (or a TCP check) runs as a task. Results reach the
+    registry in batches every ``REPORT_PERIOD`` (one lock and at most one snapshot for
+    many results); the observer ``on_check`` hears of each at once.
     """
 
     def __init__(
@@ -255,11 +283,14 @@ class Prober:
         self._on_check = on_check
         self._max_concurrent = max_concurrent
         self._rng = rng or random.Random()
-        self._targets: dict[EndpointRef, _Target] = {}
+        self._targets: dict[EndpointRef, _Schedule] = {}
         self._trackers: dict[EndpointRef, Tracker] = {}
         self._generation = -1
         self._http: HttpChecker | None = None
-        self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._heap: list[tuple[float, int, _Schedule]] = []  # (due, sequence, schedule)
+        self._sequence = 0  # breaks ties of the heap without comparing schedules
+        self._running = 0  # checks under way
+        self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
         self._pending: list[CheckReport] = []
         self._flush: asyncio.TimerHandle | None = None
         self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
@@ -267,13 +298,18 @@ class Prober:
 
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
+        loop = asyncio.get_running_loop()
         async with make_session() as session:
             self._http = session
-            self._semaphore = asyncio.Semaphore(self._max_concurrent)
             try:
+                next_follow = 0.0
                 while True:
-                    self._follow()
-                    await asyncio.sleep(SYNC_PERIOD)
+                    now = loop.time()
+                    if now >= next_follow:
+                        self._follow()
+                        next_follow = now + SYNC_PERIOD
+                    self._start_due(loop)
+                    await asyncio.sleep(TICK)
             finally:
                 await self._stop_all()
                 self._http = None
@@ -296,8 +332,7 @@ class Prober:
         and endpoints are the same objects as last time is skipped without a look at
         each endpoint, so a new snapshot costs little with thousands of endpoints.
         """
-        session = self._http
-        if session is None:
+        if self._http is None:
             return  # not running
         verdicts: dict[EndpointRef, bool] | None = None
         present: set[str] = set()
@@ -313,15 +348,13 @@ class Prober:
                     # probe state may be a quorum of several instances.
                     verdicts = self._registry.probe_verdicts()
                 self._signatures[service.name] = signature
-                self._sync_service(service, verdicts, session)
+                self._sync_service(service, verdicts)
         for name in [name for name in self._signatures if name not in present]:
             del self._signatures[name]
             for ref in self._refs.pop(name, set()):
                 self._stop(ref)
 
-    def _sync_service(
-        self, service: ServiceView, verdicts: dict[EndpointRef, bool], session: HttpChecker
-    ) -> None:
+    def _sync_service(self, service: ServiceView, verdicts: dict[EndpointRef, bool]) -> None:
         wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
         for view in service.endpoints:
             endpoint = view.endpoint
@@ -337,14 +370,15 @@ class Prober:
             refs.discard(ref)
             self._stop(ref)
 
+        now = asyncio.get_running_loop().time()
         for ref, (check, probe_up) in wanted.items():
             refs.add(ref)
-            target = self._targets.get(ref)
+            schedule = self._targets.get(ref)
             tracker = self._trackers.get(ref)
-            if target is not None and tracker is not None:
-                if target.check == check and tracker.up == probe_up:
+            if schedule is not None and tracker is not None:
+                if schedule.check == check and tracker.up == probe_up:
                     continue
-                target.task.cancel()
+                self._stop(ref)
                 if tracker.up == probe_up:  # only the check changed: keep what we know
                     tracker = Tracker(check.rise, check.fall, tracker.state)
                 else:  # someone else reset its health (re-registered): start afresh
@@ -352,45 +386,83 @@ class Prober:
             else:
                 tracker = Tracker.start(check, probe_up)
             self._trackers[ref] = tracker
-            task = asyncio.create_task(self._probe_forever(ref, check, session), name=f"probe {ref}")
-            self._targets[ref] = _Target(check, task)
+            first = now + self._rng.uniform(0, min(check.interval, FIRST_STAGGER))
+            schedule = _Schedule(ref, check, first)
+            self._targets[ref] = schedule
+            self._push(schedule)
 
     def _stop(self, ref: EndpointRef) -> None:
-        target = self._targets.pop(ref, None)
-        if target is not None:
-            target.task.cancel()
+        schedule = self._targets.pop(ref, None)
+        if schedule is not None:
+            schedule.stopped = True  # left in the heap; dropped when it comes up
+            if schedule.target is not None and self._http is not None:
+                self._http.forget(schedule.target)
         self._trackers.pop(ref, None)
 
-    async def _probe_forever(self, ref: EndpointRef, check: HealthCheck, session: HttpChecker) -> None:
-        loop = asyncio.get_running_loop()
-        uniform = self._rng.uniform
-        port = check_port(check, ref.port)
-        target = None
-        if check.kind is CheckKind.HTTP and port is not None and 0 < port < 65536:
-            target = HttpTarget(ref.address, port, check)
-        try:
-            await asyncio.sleep(uniform(0, min(check.interval, FIRST_STAGGER)))
-            spread = SECOND
-            while True:
-                started = loop.time()
-                try:
-                    async with self._semaphore:
-                        result = await run_check(session, check, ref, target)
-                    self._report(ref, check, result)
-                except Exception:
-                    log.exception("prober: cannot report the check of %s", ref)
-                delay = check.interval * uniform(*spread)
-                spread = (1 - JITTER, 1 + JITTER)
-                await asyncio.sleep(max(0.0, started + delay - loop.time()))
-        finally:
-            if target is not None:
-                session.forget(target)
+    # --- running checks ---
 
-    def _report(self, ref: EndpointRef, check: HealthCheck, result: CheckResult) -> None:
+    def _start_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the checks that are due, as far as the concurrency limit allows."""
+        heap, http = self._heap, self._http
+        if http is None:
+            return
+        now = loop.time()
+        while heap and heap[0][0] <= now and self._running < self._max_concurrent:
+            schedule = heapq.heappop(heap)[2]
+            if schedule.stopped:
+                continue
+            self._running += 1
+            schedule.started = now
+            target = schedule.target
+            if target is not None and http.send(
+                target, schedule.check.timeout, functools.partial(self._http_done, schedule)
+            ):
+                continue
+            task = loop.create_task(self._check(schedule, http))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
+        loop = asyncio.get_running_loop()
+        self._done(schedule, judge_http(schedule.check, outcome, loop.time() - schedule.started))
+
+    async def _check(self, schedule: _Schedule, http: HttpChecker) -> None:
+        try:
+            result = await run_check(http, schedule.check, schedule.ref, schedule.target)
+        except asyncio.CancelledError:
+            self._running -= 1
+            raise
+        self._done(schedule, result)
+
+    def _done(self, schedule: _Schedule, result: CheckResult) -> None:
+        """A check ended: report it, and put its next check on the heap."""
+        self._running -= 1
+        if schedule.stopped:
+            if schedule.target is not None and self._http is not None:
+                self._http.forget(schedule.target)  # kept by a check that ended after the stop
+            return
+        try:
+            self._report(schedule, result)
+        except Exception:
+            log.exception("prober: cannot report the check of %s", schedule.ref)
+        if schedule.stopped:  # the report found the endpoint gone or changed
+            return
+        check = schedule.check
+        low, high = schedule.spread
+        schedule.spread = (1 - JITTER, 1 + JITTER)
+        schedule.due = schedule.started + check.interval * self._rng.uniform(low, high)
+        self._push(schedule)
+
+    def _push(self, schedule: _Schedule) -> None:
+        self._sequence += 1
+        heapq.heappush(self._heap, (schedule.due, self._sequence, schedule))
+
+    def _report(self, schedule: _Schedule, result: CheckResult) -> None:
         self._follow()  # the endpoint may have gone (or changed) while its check ran
+        ref = schedule.ref
         before = self._trackers.get(ref)
-        target = self._targets.get(ref)
-        if before is None or target is None or target.task is not asyncio.current_task():
+        if before is None or self._targets.get(ref) is not schedule:
+            schedule.stopped = True
             return  # removed, or restarted with a new check: this result is stale
         after = before.observe(result.ok)
         verdict, reason = None, ""
@@ -403,23 +475,28 @@ class Prober:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(REPORT_PERIOD, self._hand_over)
         if self._on_check is not None:
-            self._on_check(ref, check, result.ok, result.rtt)
+            self._on_check(ref, schedule.check, result.ok, result.rtt)
 
     def _hand_over(self) -> None:
         """Give the registry the results gathered since the last time."""
         self._flush = None
         pending, self._pending = self._pending, []
+        if not pending:
+            return
         try:
             self._registry.note_checks(pending)
         except Exception:  # a registry bug must not stop the probing
             log.exception("prober: cannot report %d check results", len(pending))
 
     async def _stop_all(self) -> None:
-        tasks = [target.task for target in self._targets.values()]
+        for schedule in self._targets.values():
+            schedule.stopped = True
         self._targets.clear()
         self._trackers.clear()
         self._signatures.clear()
         self._refs.clear()
+        self._heap.clear()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

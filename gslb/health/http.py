@@ -225,6 +225,7 @@ class HttpChecker:
         self._kept: set[_Exchange] = set()  # idle, for the next check of their target
         self._open: set[_Exchange] = set()  # every connection, idle or not
         self._retries: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def __aenter__(self) -> HttpChecker:
         return self
@@ -235,6 +236,7 @@ class HttpChecker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing = True  # connections closed now are not retried
         retries = list(self._retries)
         for task in retries:
             task.cancel()
@@ -274,7 +276,7 @@ class HttpChecker:
         def finished(outcome: Outcome) -> None:
             if isinstance(outcome, Response):
                 self._keep_or_close(target, exchange, outcome)
-            elif _stale(outcome, exchange):
+            elif _stale(outcome, exchange) and not self._closing:
                 # closed by the endpoint while idle: once more, on a fresh connection
                 task = loop.create_task(self._retry(target, timeout - (loop.time() - started), done))
                 self._retries.add(task)

@@ -33,6 +33,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gslb.health import tcp
 from gslb.health.http import BadResponseError, HttpChecker, HttpTarget, Outcome, Response
 from gslb.model import CheckKind, EndpointRef, HealthCheck, IPAddress
 from gslb.registry import CheckReport, Registry
@@ -48,7 +49,7 @@ FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its int
 SECOND = (0.5, 1.0)
 JITTER = 0.05
 REPORT_PERIOD = 0.01  # results are handed to the registry in batches this often
-TICK = 0.005  # seconds between looks for due checks (one timer for all endpoints)
+TICK = 0.01  # seconds between looks for due checks (one timer for all endpoints)
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -138,15 +139,21 @@ async def check_tcp(address: IPAddress, port: int, timeout: float) -> CheckResul
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        async with asyncio.timeout(timeout):
-            transport, _ = await loop.create_connection(asyncio.Protocol, str(address), port)
-    except TimeoutError:
+        await tcp.check_connect(address, port, timeout)
+    except (TimeoutError, OSError) as exc:
+        return judge_tcp(timeout, exc, 0.0)
+    return judge_tcp(timeout, None, loop.time() - started)
+
+
+def judge_tcp(timeout: float, outcome: BaseException | None, rtt: float) -> CheckResult:
+    """What a TCP connect's outcome says."""
+    if outcome is None:
+        return CheckResult(True, "connected", rtt)
+    if isinstance(outcome, TimeoutError):
         return CheckResult(False, f"timeout after {timeout:g}s")
-    except OSError as exc:
-        return CheckResult(False, _os_error_text(exc))
-    rtt = loop.time() - started
-    transport.close()
-    return CheckResult(True, "connected", rtt)
+    if isinstance(outcome, OSError):
+        return CheckResult(False, _os_error_text(outcome))
+    return CheckResult(False, f"check error: {_error_text(outcome)}")
 
 
 async def run_check(
@@ -240,7 +247,7 @@ class Tracker:
 class _Schedule:
     """One probed endpoint: its check, when it is due next, its connection (HTTP)."""
 
-    __slots__ = ("ref", "check", "port", "target", "due", "started", "spread", "stopped")
+    __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "spread", "stopped")
 
     def __init__(self, ref: EndpointRef, check: HealthCheck, due: float) -> None:
         self.ref = ref
@@ -249,6 +256,7 @@ class _Schedule:
         self.target: HttpTarget | None = None
         if check.kind is CheckKind.HTTP and self.port is not None and 0 < self.port < 65536:
             self.target = HttpTarget(ref.address, self.port, check)
+        self.tcp = check.kind is CheckKind.TCP and self.port is not None
         self.due = due
         self.started = due
         self.spread = SECOND
@@ -291,6 +299,7 @@ class Prober:
         self._sequence = 0  # breaks ties of the heap without comparing schedules
         self._running = 0  # checks under way
         self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
+        self._connecting: dict[_Schedule, Callable[[], None]] = {}  # TCP checks under way
         self._pending: list[CheckReport] = []
         self._flush: asyncio.TimerHandle | None = None
         self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
@@ -418,9 +427,27 @@ class Prober:
                 target, schedule.check.timeout, functools.partial(self._http_done, schedule)
             ):
                 continue
+            if schedule.tcp and self._connect(loop, schedule):
+                continue
             task = loop.create_task(self._check(schedule, http))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _connect(self, loop: asyncio.AbstractEventLoop, schedule: _Schedule) -> bool:
+        """Start a TCP check on callbacks; False when it cannot start that way."""
+        assert schedule.port is not None
+        try:
+            abandon = tcp.connect(loop, schedule.ref.address, schedule.port, schedule.check.timeout,
+                                  functools.partial(self._tcp_done, schedule))
+        except Exception:  # the task path reports it as a check error
+            return False
+        self._connecting[schedule] = abandon
+        return True
+
+    def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
+        self._connecting.pop(schedule, None)
+        rtt = asyncio.get_running_loop().time() - schedule.started
+        self._done(schedule, judge_tcp(schedule.check.timeout, outcome, rtt))
 
     def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
         loop = asyncio.get_running_loop()
@@ -496,6 +523,9 @@ class Prober:
         self._signatures.clear()
         self._refs.clear()
         self._heap.clear()
+        for abandon in self._connecting.values():
+            abandon()
+        self._connecting.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -7,6 +7,7 @@ results reach the registry in batches that publish a snapshot only when answers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import socketserver
 import threading
@@ -19,7 +20,7 @@ from test_health import wait_for
 
 from gslb.config import load_zone_text, parse_check
 from gslb.health.http import HttpChecker, HttpTarget, Outcome, Response
-from gslb.health.prober import CheckResult, run_check
+from gslb.health.prober import CheckResult, Prober, run_check
 from gslb.health.thread import HealthThread
 from gslb.model import EndpointRef
 from gslb.registry import CheckReport, Registry
@@ -34,7 +35,7 @@ class Endpoint:
     closes each connection after answering (without saying so); ``say_close`` answers
     with ``Connection: close``."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauge: Gauge | None = None) -> None:
         self.connections = 0
         self.requests = 0
         self.delays: dict[int, float] = {}
@@ -61,7 +62,8 @@ class Endpoint:
                         buffer += data
                     _, _, buffer = buffer.partition(b"\r\n\r\n")
                     owner.requests += 1
-                    time.sleep(owner.delays.get(owner.requests, 0))
+                    with gauge or contextlib.nullcontext():
+                        time.sleep(owner.delays.get(owner.requests, 0))
                     if owner.say_close:
                         sock.sendall(OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
                         return
@@ -266,3 +268,51 @@ def test_a_batch_of_results_makes_one_snapshot_and_only_when_answers_change() ->
     assert registry.generation == start + 2  # a transition: at once
     (down, *_) = registry.snapshot.service("www.gslb.example.com.").endpoints  # type: ignore[union-attr]
     assert not down.health.up
+
+
+
+class Gauge:
+    """Requests being answered at once, across servers, and the most seen."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+
+    def __enter__(self) -> None:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.active -= 1
+
+
+def test_the_concurrency_limit_holds() -> None:
+    """Six endpoints that answer after 0.3 s, checked by a prober allowed two at once."""
+    gauge = Gauge()
+    servers = [Endpoint(gauge) for _ in range(6)]
+    try:
+        for server in servers:
+            server.delays = {n: 0.3 for n in range(1, 100)}
+        registry = Registry()
+        text = zone("http", [server.port for server in servers])
+        registry.load_zones([load_zone_text(text.replace("interval: 0.1, timeout: 0.1",
+                                                         "interval: 2, timeout: 1"), "z.yaml")])
+
+        async def go() -> None:
+            task = asyncio.create_task(Prober(registry, max_concurrent=2).run())
+            while sum(server.requests for server in servers) < 6:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        started = time.monotonic()
+        asyncio.run(asyncio.wait_for(go(), 10))
+        assert gauge.most == 2
+        assert time.monotonic() - started >= 0.55  # the third pair waited for two rounds of 0.3 s
+    finally:
+        for server in servers:
+            server.stop()

@@ -14,7 +14,7 @@ import threading
 from types import TracebackType
 
 from gslb.health.heartbeat import expire_heartbeats
-from gslb.health.prober import CheckObserver, Prober
+from gslb.health.prober import MAX_CONCURRENT, CheckObserver, Prober
 from gslb.registry import Registry
 
 log = logging.getLogger("gslb.health")
@@ -27,7 +27,7 @@ class HealthThread:
         self,
         registry: Registry,
         *,
-        max_concurrent: int = 200,
+        max_concurrent: int = MAX_CONCURRENT,
         heartbeat_period: float = 0.5,
         name: str = "gslb-health",
         on_check: CheckObserver | None = None,

@@ -1,6 +1,11 @@
 """10,000 endpoints probed every second: the prober's CPU, rate and timing, on loopback.
 
     .venv/bin/python benchmarks/probes.py [--endpoints 10000] [--seconds 15] [--kind http tcp]
+                                          [--code DIR]
+
+``--code`` measures another version of the package side by side, e.g. the one before
+kept connections: ``git archive 3aac5ff gslb | tar -x -C /tmp/before`` then
+``--code /tmp/before``.
 
 A fleet of real endpoints runs in a child process (uvloop, one listening socket per
 endpoint on 127.0.50.1-127.0.50.40, answering ``GET /health`` with 200 over HTTP/1.1,
@@ -34,7 +39,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 HOSTS = [f"127.0.50.{i}" for i in range(1, 41)]
 WARMUP = 3.0
@@ -211,8 +215,12 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--kind", nargs="+", default=["http", "tcp"], choices=["http", "tcp"])
+    parser.add_argument("--code", type=Path, default=ROOT,
+                        help="the directory holding the gslb package to measure (another "
+                             "version, e.g. from git archive; default: this checkout)")
     parser.add_argument("--fleet", type=int, help=argparse.SUPPRESS)  # the child's role
     args = parser.parse_args()
+    sys.path.insert(0, str(args.code))
     if args.fleet is not None:
         fleet(args.fleet)
         return

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from gslb.config import in_zone, parse_service
 from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
@@ -63,9 +63,13 @@ Key = tuple[IPAddress, int | None]
 API_SOURCE = "api"  # the source of services made by PUT /services/{name}
 
 
-@dataclasses.dataclass(slots=True)
-class CheckNote:
-    """The latest probe result of an endpoint (kept beside snapshots: it changes often)."""
+class CheckNote(NamedTuple):
+    """The latest probe result of an endpoint (kept beside snapshots: it changes often).
+
+    The registry keeps them as plain tuples (made into a ``CheckNote`` when asked):
+    thousands are replaced every second, and the garbage collector stops tracking plain
+    tuples of plain values, so that they do not make it walk the whole heap over and
+    over (it never stops tracking instances of a class)."""
 
     result: str
     ok: bool
@@ -105,7 +109,7 @@ class Registry:
         self._registered: dict[tuple[str, str], dict[Key, Endpoint]] = {}
         self._health: dict[EndpointRef, Health] = {}
         self._last_heartbeat: dict[EndpointRef, float] = {}
-        self._checks: dict[EndpointRef, CheckNote] = {}
+        self._checks: dict[EndpointRef, tuple[str, bool, float, float | None]] = {}  # CheckNotes
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._failing_open: set[str] = set()
         self._last_good: dict[str, frozenset[tuple[str, IPAddress, int | None]]] = {}
@@ -344,7 +348,7 @@ class Registry:
     def notes(self, ref: EndpointRef) -> EndpointNotes:
         with self._lock:
             return EndpointNotes(
-                self._checks.get(ref),
+                _note(self._checks.get(ref)),
                 tuple(self._history.get(ref, ())),
                 self._lease_until.get(ref),
                 self._last_heartbeat.get(ref),
@@ -445,7 +449,7 @@ class Registry:
                 ref = report.ref
                 if not self._known(ref):
                     continue  # deregistered while its check was in flight
-                self._checks[ref] = CheckNote(report.result, report.ok, now, report.rtt)
+                self._checks[ref] = (report.result, report.ok, now, report.rtt)
                 if report.ok and report.rtt is not None:
                     changed = self._keep_rtt(ref, report.rtt)
                     urgent = urgent or changed is True
@@ -502,7 +506,7 @@ class Registry:
 
     def check_note(self, ref: EndpointRef) -> CheckNote | None:
         with self._lock:
-            return self._checks.get(ref)
+            return _note(self._checks.get(ref))
 
     def on_change(self, listener: Callable[[Snapshot], None]) -> None:
         """Call ``listener`` with every new snapshot (from the writer's thread)."""
@@ -881,6 +885,10 @@ class Registry:
         for listener in self._listeners:
             listener(snapshot)
 
+
+
+def _note(kept: tuple[str, bool, float, float | None] | None) -> CheckNote | None:
+    return None if kept is None else CheckNote(*kept)
 
 
 def _by_ref(registered: Mapping[tuple[str, str], Mapping[Key, Endpoint]]) -> dict[EndpointRef, Endpoint]:

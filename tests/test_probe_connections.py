@@ -97,9 +97,9 @@ def endpoint() -> Iterator[Endpoint]:
     server.stop()
 
 
-def target(server: Endpoint, timeout: float = 1.0) -> HttpTarget:
+def target(server: Endpoint, timeout: float = 1.0, checker: HttpChecker | None = None) -> HttpTarget:
     check = parse_check({"type": "http", "path": "/health", "timeout": timeout})
-    return HttpTarget(ip_address(HOST), server.port, check)
+    return HttpTarget(ip_address(HOST), server.port, check, checker)
 
 
 def run(coroutine_function: object) -> object:
@@ -122,7 +122,7 @@ def test_checks_reuse_one_kept_connection(endpoint: Endpoint) -> None:
 def test_a_connection_closed_by_the_endpoint_is_retried_once_afresh(endpoint: Endpoint) -> None:
     async def go() -> Outcome:
         async with HttpChecker() as http:
-            where = target(endpoint)
+            where = target(endpoint, checker=http)
             endpoint.close_now.set()
             first = await http.get(where)  # answered, then the endpoint closes the connection
             assert first.status == 200

@@ -16,6 +16,7 @@ reason closes its connection: the next one starts afresh.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,14 +203,21 @@ class _Exchange(asyncio.Protocol):
 class HttpTarget:
     """One endpoint's HTTP check: its request, made once, and its kept connection."""
 
-    __slots__ = ("host", "port", "check", "request", "exchange")
+    __slots__ = ("host", "port", "check", "request", "exchange", "pending", "answered")
 
-    def __init__(self, address: IPAddress, port: int, check: HealthCheck) -> None:
+    def __init__(
+        self, address: IPAddress, port: int, check: HealthCheck, checker: HttpChecker | None = None
+    ) -> None:
         self.host = str(address)
         self.port = port
         self.check = check
         self.request = request_bytes(address, port, check)
         self.exchange: _Exchange | None = None  # kept from the last check, if any
+        # the check under way (HttpChecker.send): connection, start, timeout, callback
+        self.pending: tuple[_Exchange, float, float, Done] | None = None
+        self.answered: Done = _unanswerable
+        if checker is not None:
+            self.answered = functools.partial(checker._answered, self)  # once, not per check
 
 
 class HttpChecker:
@@ -267,25 +275,31 @@ class HttpChecker:
         if exchange is None:
             return False
         self._kept.discard(exchange)
-        loop = exchange._loop
-        started = loop.time()
+        started = exchange._loop.time()
         if exchange.closed or started - exchange.opened > MAX_AGE:
             exchange.close()
             return False
-
-        def finished(outcome: Outcome) -> None:
-            if isinstance(outcome, Response):
-                self._keep_or_close(target, exchange, outcome)
-            elif _stale(outcome, exchange) and not self._closing:
-                # closed by the endpoint while idle: once more, on a fresh connection
-                task = loop.create_task(self._retry(target, timeout - (loop.time() - started), done))
-                self._retries.add(task)
-                task.add_done_callback(self._retries.discard)
-                return
-            done(outcome)
-
-        exchange.send(target.request, target.check.body is not None, finished, timeout)
+        # what the answer needs, kept on the target rather than in a closure per check
+        target.pending = (exchange, started, timeout, done)
+        exchange.send(target.request, target.check.body is not None, target.answered, timeout)
         return True
+
+    def _answered(self, target: HttpTarget, outcome: Outcome) -> None:
+        """The end of ``send``: keep the connection, or retry a stale one, and report."""
+        pending, target.pending = target.pending, None
+        if pending is None:
+            return
+        exchange, started, timeout, done = pending
+        if isinstance(outcome, Response):
+            self._keep_or_close(target, exchange, outcome)
+        elif _stale(outcome, exchange) and not self._closing:
+            # closed by the endpoint while idle: once more, on a fresh connection
+            loop = exchange._loop
+            task = loop.create_task(self._retry(target, timeout - (loop.time() - started), done))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
+        done(outcome)
 
     async def _retry(self, target: HttpTarget, timeout: float, done: Done) -> None:
         try:
@@ -353,6 +367,10 @@ class HttpChecker:
             self._kept.add(exchange)
         else:
             exchange.close()
+
+
+def _unanswerable(outcome: Outcome) -> None:
+    raise RuntimeError("HttpChecker.send needs an HttpTarget made with its checker")
 
 
 def _stale(outcome: BaseException, exchange: _Exchange) -> bool:

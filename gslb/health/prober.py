@@ -19,7 +19,7 @@ The ``Prober`` follows ``registry.snapshot``: new endpoints are checked within a
 tenth of a second, the second time 0.5-1 interval later, then every ``interval``
 seconds with ±5% jitter; removed endpoints stop being checked; a changed check restarts
 that endpoint's schedule. It is built for thousands of endpoints a second on one core:
-one heap of schedules, checks on callbacks where they can, results batched.
+one wheel of schedules, checks on callbacks where they can, results batched.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import enum
 import functools
-import heapq
 import logging
 import random
 import resource
@@ -52,6 +51,7 @@ FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its int
 # at the same moment; later checks are interval × (1 ± JITTER) apart.
 SECOND = (0.5, 1.0)
 JITTER = 0.05
+STEADY = (1 - JITTER, 1 + JITTER)
 REPORT_PERIOD = 0.01  # results are handed to the registry in batches this often
 # Checks under way at once. Over kept connections one costs no more than a socket already
 # open, and 10,000 checks a second of endpoints 100 ms away keep a thousand under way.
@@ -261,20 +261,22 @@ class Tracker:
 class _Schedule:
     """One probed endpoint: its check, when it is due next, its connection (HTTP)."""
 
-    __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "spread", "stopped")
+    __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "spread", "stopped",
+                 "done")
 
-    def __init__(self, ref: EndpointRef, check: HealthCheck, due: float) -> None:
+    def __init__(self, ref: EndpointRef, check: HealthCheck, due: float, http: HttpChecker) -> None:
         self.ref = ref
         self.check = check
         self.port = check_port(check, ref.port)
         self.target: HttpTarget | None = None
         if check.kind is CheckKind.HTTP and self.port is not None and 0 < self.port < 65536:
-            self.target = HttpTarget(ref.address, self.port, check)
+            self.target = HttpTarget(ref.address, self.port, check, http)
         self.tcp = check.kind is CheckKind.TCP and self.port is not None
         self.due = due
         self.started = due
         self.spread = SECOND
         self.stopped = False  # removed or replaced: its results are stale
+        self.done: Callable[[Outcome], None] | None = None  # set by the prober, once
 
 
 # Told of every check's outcome (metrics): endpoint, its check, passed, round trip.
@@ -286,7 +288,7 @@ class Prober:
 
     ``run()`` loops until cancelled; at most ``max_concurrent`` checks run at once.
 
-    One heap of schedules, looked at every ``TICK``, starts the checks that are due (no
+    One wheel of schedules, looked at every ``TICK``, starts the checks that are due (no
     task sleeps per endpoint). An HTTP check over a kept connection runs on callbacks
     alone; a check that must connect (or a TCP check) runs as a task. Results reach the
     registry in batches every ``REPORT_PERIOD`` (one lock and at most one snapshot for
@@ -309,8 +311,11 @@ class Prober:
         self._trackers: dict[EndpointRef, Tracker] = {}
         self._generation = -1
         self._http: HttpChecker | None = None
-        self._heap: list[tuple[float, int, _Schedule]] = []  # (due, sequence, schedule)
-        self._sequence = 0  # breaks ties of the heap without comparing schedules
+        # Schedules by the tick they are due in: a list per tick, no allocation per check
+        # (a heap entry per check would be a tuple that lives a whole interval, and
+        # thousands of those a second make the garbage collector walk everything).
+        self._wheel: dict[int, list[_Schedule]] = {}
+        self._next_tick = 0  # the first tick not yet looked at
         self._running = 0  # checks under way
         self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
         self._connecting: dict[_Schedule, Callable[[], None]] = {}  # TCP checks under way
@@ -410,14 +415,16 @@ class Prober:
                 tracker = Tracker.start(check, probe_up)
             self._trackers[ref] = tracker
             first = now + self._rng.uniform(0, min(check.interval, FIRST_STAGGER))
-            schedule = _Schedule(ref, check, first)
+            assert self._http is not None
+            schedule = _Schedule(ref, check, first, self._http)
+            schedule.done = functools.partial(self._http_done, schedule)
             self._targets[ref] = schedule
             self._push(schedule)
 
     def _stop(self, ref: EndpointRef) -> None:
         schedule = self._targets.pop(ref, None)
         if schedule is not None:
-            schedule.stopped = True  # left in the heap; dropped when it comes up
+            schedule.stopped = True  # left in the wheel; dropped when it comes up
             if schedule.target is not None and self._http is not None:
                 self._http.forget(schedule.target)
         self._trackers.pop(ref, None)
@@ -426,26 +433,42 @@ class Prober:
 
     def _start_due(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the checks that are due, as far as the concurrency limit allows."""
-        heap, http = self._heap, self._http
+        http, wheel = self._http, self._wheel
         if http is None:
             return
         now = loop.time()
-        while heap and heap[0][0] <= now and self._running < self._max_concurrent:
-            schedule = heapq.heappop(heap)[2]
-            if schedule.stopped:
-                continue
-            self._running += 1
-            schedule.started = now
-            target = schedule.target
-            if target is not None and http.send(
-                target, schedule.check.timeout, functools.partial(self._http_done, schedule)
-            ):
-                continue
-            if schedule.tcp and self._connect(loop, schedule):
-                continue
-            task = loop.create_task(self._check(schedule, http))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        last = int(now / TICK)
+        while wheel and self._next_tick <= last:
+            tick = self._next_tick
+            due = wheel.get(tick)
+            while due:
+                if self._running >= self._max_concurrent:
+                    return  # the rest stays due
+                schedule = due.pop()
+                if schedule.stopped:
+                    continue
+                self._start(loop, http, schedule, now)
+            wheel.pop(tick, None)
+            # after a long quiet spell, jump to the first tick that holds something
+            self._next_tick = tick + 1 if last - tick < 1000 or not wheel else min(wheel)
+        if not wheel:
+            self._next_tick = max(self._next_tick, last + 1)
+
+    def _start(
+        self, loop: asyncio.AbstractEventLoop, http: HttpChecker, schedule: _Schedule, now: float
+    ) -> None:
+        self._running += 1
+        schedule.started = now
+        target = schedule.target
+        if target is not None and schedule.done is not None and http.send(
+            target, schedule.check.timeout, schedule.done
+        ):
+            return
+        if schedule.tcp and self._connect(loop, schedule):
+            return
+        task = loop.create_task(self._check(schedule, http))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _connect(self, loop: asyncio.AbstractEventLoop, schedule: _Schedule) -> bool:
         """Start a TCP check on callbacks; False when it cannot start that way."""
@@ -476,7 +499,7 @@ class Prober:
         self._done(schedule, result)
 
     def _done(self, schedule: _Schedule, result: CheckResult) -> None:
-        """A check ended: report it, and put its next check on the heap."""
+        """A check ended: report it, and put its next check on the wheel."""
         self._running -= 1
         if schedule.stopped:
             if schedule.target is not None and self._http is not None:
@@ -490,13 +513,17 @@ class Prober:
             return
         check = schedule.check
         low, high = schedule.spread
-        schedule.spread = (1 - JITTER, 1 + JITTER)
+        schedule.spread = STEADY
         schedule.due = schedule.started + check.interval * self._rng.uniform(low, high)
         self._push(schedule)
 
     def _push(self, schedule: _Schedule) -> None:
-        self._sequence += 1
-        heapq.heappush(self._heap, (schedule.due, self._sequence, schedule))
+        tick = max(int(schedule.due / TICK), self._next_tick)
+        due = self._wheel.get(tick)
+        if due is None:
+            self._wheel[tick] = [schedule]
+        else:
+            due.append(schedule)
 
     def _report(self, schedule: _Schedule, result: CheckResult) -> None:
         self._follow()  # the endpoint may have gone (or changed) while its check ran
@@ -536,7 +563,7 @@ class Prober:
         self._trackers.clear()
         self._signatures.clear()
         self._refs.clear()
-        self._heap.clear()
+        self._wheel.clear()
         for abandon in self._connecting.values():
             abandon()
         self._connecting.clear()

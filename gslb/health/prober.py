@@ -45,7 +45,10 @@ from gslb.snapshot import ServiceView, Snapshot
 log = logging.getLogger("gslb.health")
 
 SYNC_PERIOD = 0.05  # seconds between looks at the registry's generation
-FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its interval)
+FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its interval) ...
+FIRST_RATE = 5000  # ... or longer when many appear at once: at most this many first
+# checks (each a new connection) a second, so that a zone file of thousands of endpoints
+# does not open them all in the same instant
 # The second check comes 0.5-1 interval after the first, so that endpoints that appeared
 # together (a zone file of thousands) spread over the interval instead of all checking
 # at the same moment; later checks are interval × (1 ± JITTER) apart.
@@ -362,27 +365,31 @@ class Prober:
         """
         if self._http is None:
             return  # not running
-        verdicts: dict[EndpointRef, bool] | None = None
         present: set[str] = set()
+        changed: list[ServiceView] = []
         for zone in snapshot.zones.values():
             for service in zone.services.values():
                 present.add(service.name)
                 signature = (service.service.check,
                              tuple([(view.pool.name, view.endpoint) for view in service.endpoints]))
-                if self._signatures.get(service.name) == signature:
-                    continue
-                if verdicts is None:
-                    # Trackers resume from this instance's own verdicts: the snapshot's
-                    # probe state may be a quorum of several instances.
-                    verdicts = self._registry.probe_verdicts()
-                self._signatures[service.name] = signature
-                self._sync_service(service, verdicts)
+                if self._signatures.get(service.name) != signature:
+                    self._signatures[service.name] = signature
+                    changed.append(service)
+        if changed:
+            # Trackers resume from this instance's own verdicts: the snapshot's probe
+            # state may be a quorum of several instances.
+            verdicts = self._registry.probe_verdicts()
+            stagger = max(FIRST_STAGGER, sum(len(s.endpoints) for s in changed) / FIRST_RATE)
+            for service in changed:
+                self._sync_service(service, verdicts, stagger)
         for name in [name for name in self._signatures if name not in present]:
             del self._signatures[name]
             for ref in self._refs.pop(name, set()):
                 self._stop(ref)
 
-    def _sync_service(self, service: ServiceView, verdicts: dict[EndpointRef, bool]) -> None:
+    def _sync_service(
+        self, service: ServiceView, verdicts: dict[EndpointRef, bool], stagger: float
+    ) -> None:
         wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
         for view in service.endpoints:
             endpoint = view.endpoint
@@ -414,7 +421,7 @@ class Prober:
             else:
                 tracker = Tracker.start(check, probe_up)
             self._trackers[ref] = tracker
-            first = now + self._rng.uniform(0, min(check.interval, FIRST_STAGGER))
+            first = now + self._rng.uniform(0, min(check.interval, stagger))
             assert self._http is not None
             schedule = _Schedule(ref, check, first, self._http)
             schedule.done = functools.partial(self._http_done, schedule)

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from gslb.dns.stats import DnsStats, counters_of
 from gslb.engine.answer import Rcode
-from gslb.model import EndpointRef, HealthCheck, RType, endpoint_label
+from gslb.model import CheckKind, EndpointRef, HealthCheck, RType, endpoint_label
 from gslb.snapshot import Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,6 +65,7 @@ class Metrics:
         self.check_failures = Counter(
             "gslb_health_check_failures", "failed health checks", ["type"], registry=self.registry,
         )
+        self._check_seconds: dict[CheckKind, Histogram] = {}  # its children, by check type
         self.registry.register(_Collector(snapshot, transitions))
 
     async def _own_counts(self) -> DnsStats | None:
@@ -72,11 +73,14 @@ class Metrics:
 
     def observe_check(self, ref: EndpointRef, check: HealthCheck, ok: bool, rtt: float | None) -> None:
         """The prober's report of one check (called from the health thread)."""
-        kind = check.kind.value
+        kind = check.kind
         if ok and rtt is not None:
-            self.check_seconds.labels(kind).observe(rtt)
+            seconds = self._check_seconds.get(kind)
+            if seconds is None:  # labels() per check would cost more than the check's report
+                seconds = self._check_seconds[kind] = self.check_seconds.labels(kind.value)
+            seconds.observe(rtt)
         elif not ok:
-            self.check_failures.labels(kind).inc()
+            self.check_failures.labels(kind.value).inc()
 
     async def scrape(self) -> bytes:
         """The Prometheus text of every metric; call it on the event loop."""

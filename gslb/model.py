@@ -263,6 +263,15 @@ class EndpointRef:
     pool: str
     address: IPAddress
     port: int | None = None
+    # computed once: refs key the registry's and the prober's tables, looked up per check,
+    # and an address's own hash is slow (ipaddress computes it in Python each time)
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.service, self.pool, self.address, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         where = f"{self.address}" if self.port is None else f"{self.address}:{self.port}"

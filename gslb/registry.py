@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from gslb.config import in_zone, parse_service
 from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
@@ -34,6 +35,7 @@ from gslb.model import (
     EndpointRef,
     Health,
     IPAddress,
+    Policy,
     RType,
     Service,
     Transition,
@@ -52,21 +54,39 @@ from gslb.store.contract import Heartbeat, Registration, Store, StoredState
 
 log = logging.getLogger("gslb.registry")
 
-RTT_CHANGE = 0.2  # relative RTT change that is worth a new snapshot
+RTT_CHANGE = 0.2  # relative RTT change that is worth a new snapshot ...
+RTT_FLOOR = 0.001  # ... when it is also this many seconds (sub-millisecond jitter is not)
+LAZY_PUBLISH = 1.0  # seconds: a probe result that answers barely depend on waits this long
 DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # when an endpoint sends heartbeats without registering a timeout
 HISTORY = 20  # transitions kept per endpoint
 Key = tuple[IPAddress, int | None]
 API_SOURCE = "api"  # the source of services made by PUT /services/{name}
 
 
-@dataclasses.dataclass(slots=True)
-class CheckNote:
-    """The latest probe result of an endpoint (kept beside snapshots: it changes often)."""
+class CheckNote(NamedTuple):
+    """The latest probe result of an endpoint (kept beside snapshots: it changes often).
+
+    The registry keeps them as plain tuples (made into a ``CheckNote`` when asked):
+    thousands are replaced every second, and the garbage collector stops tracking plain
+    tuples of plain values, so that they do not make it walk the whole heap over and
+    over (it never stops tracking instances of a class)."""
 
     result: str
     ok: bool
     at: float
     rtt: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckReport:
+    """One probe result for ``note_checks``, with the prober's verdict when it has one."""
+
+    ref: EndpointRef
+    ok: bool
+    result: str
+    rtt: float | None
+    verdict: bool | None = None  # up or down after rise/fall, when it changed or was the first
+    reason: str = ""  # why, for the log and the history
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,13 +109,16 @@ class Registry:
         self._registered: dict[tuple[str, str], dict[Key, Endpoint]] = {}
         self._health: dict[EndpointRef, Health] = {}
         self._last_heartbeat: dict[EndpointRef, float] = {}
-        self._checks: dict[EndpointRef, CheckNote] = {}
+        self._checks: dict[EndpointRef, tuple[str, bool, float, float | None]] = {}  # CheckNotes
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._failing_open: set[str] = set()
         self._last_good: dict[str, frozenset[tuple[str, IPAddress, int | None]]] = {}
         self._locator: Locator | None = None
         self._api_services: dict[str, tuple[Service, Mapping[str, Any]]] = {}
         self._services: dict[str, tuple[str, Service]] = {}  # name -> (apex, service) served
+        self._configured: dict[tuple[str, str], frozenset[Key]] = {}  # zone-file endpoints
+        self._lazy_published = -math.inf  # clock time of the last publish for note_checks
+        self._lazy_waiting = False  # note_checks kept changes that no snapshot shows yet
         self._admin: dict[EndpointRef, AdminState] = {}
         self._history: dict[EndpointRef, deque[Transition]] = {}
         self._transitions: Counter[str] = Counter()  # new state -> changes, for metrics
@@ -328,7 +351,7 @@ class Registry:
     def notes(self, ref: EndpointRef) -> EndpointNotes:
         with self._lock:
             return EndpointNotes(
-                self._checks.get(ref),
+                _note(self._checks.get(ref)),
                 tuple(self._history.get(ref, ())),
                 self._lease_until.get(ref),
                 self._last_heartbeat.get(ref),
@@ -399,7 +422,7 @@ class Registry:
         """The prober's verdict after its rise/fall thresholds: a transition, or the
         first verdict that confirms the starting state."""
         with self._lock:
-            if self._endpoint(ref) is None:
+            if not self._known(ref):
                 return  # deregistered while its check was in flight
             self._local_probe[ref] = up
             if self._decide_probe(ref, reason):
@@ -408,18 +431,70 @@ class Registry:
             listener()
 
     def note_check(self, ref: EndpointRef, ok: bool, result: str, rtt: float | None) -> None:
-        """Keep a probe's latest result for the API. The RTT reaches answers (``fastest``)
-        only when it moves by a fifth or more, so steady checks publish nothing."""
+        """Keep a probe's latest result for the API (see ``note_checks``)."""
+        self.note_checks([CheckReport(ref, ok, result, rtt)])
+
+    def note_checks(self, reports: Iterable[CheckReport]) -> None:
+        """Keep a batch of probe results, and the verdicts among them, under one lock
+        and in at most one new snapshot.
+
+        A verdict that changes whether an endpoint is answered is published at once, and
+        so is an RTT that moved for a ``fastest`` service (which orders by it; see
+        ``_keep_rtt``). What answers barely depend on waits for a snapshot made within
+        about a second (``LAZY_PUBLISH``): the first verdict that only confirms an
+        endpoint's state, and its first RTT. Steady checks publish nothing.
+        """
+        verdicts = False
         with self._lock:
-            if self._endpoint(ref) is None:
-                return  # deregistered while its check was in flight
-            self._checks[ref] = CheckNote(result, ok, self._clock(), rtt)
-            old = self._current(ref)
-            if ok and rtt is not None and (
-                old.rtt is None or abs(rtt - old.rtt) >= RTT_CHANGE * old.rtt
-            ):
-                self._health[ref] = dataclasses.replace(old, rtt=rtt)
+            now = self._clock()
+            urgent = lazy = False
+            for report in reports:
+                ref = report.ref
+                if not self._known(ref):
+                    continue  # deregistered while its check was in flight
+                self._checks[ref] = (report.result, report.ok, now, report.rtt)
+                if report.ok and report.rtt is not None:
+                    changed = self._keep_rtt(ref, report.rtt)
+                    urgent = urgent or changed is True
+                    lazy = lazy or changed is None
+                if report.verdict is not None:
+                    verdicts = True
+                    self._local_probe[ref] = report.verdict
+                    before = self._current(ref)
+                    if self._decide_probe(ref, report.reason):
+                        urgent = urgent or self._current(ref).up != before.up
+                        lazy = True
+            if lazy and not urgent and now - self._lazy_published < LAZY_PUBLISH:
+                self._lazy_waiting = True
+            elif urgent or lazy or (self._lazy_waiting and now - self._lazy_published >= LAZY_PUBLISH):
+                self._lazy_published = now
+                self._lazy_waiting = False
                 self._publish()
+        if verdicts:
+            for listener in self._verdict_listeners:
+                listener()
+
+    def _keep_rtt(self, ref: EndpointRef, rtt: float) -> bool | None:
+        """Keep the RTT that answers use; returns whether a snapshot must show it now
+        (True), soon (None) or not at all (False).
+
+        A ``fastest`` service orders by it: a move by a fifth and a millisecond or more
+        is kept and shown at once. Other services keep the first RTT only (so that the
+        API shows one); the latest is in the check note, and churning the health of
+        thousands of endpoints with round-trip jitter would buy nothing.
+        """
+        old = self._current(ref)
+        if old.rtt is None:
+            self._health[ref] = dataclasses.replace(old, rtt=rtt)
+            return True if self._fastest(ref) else None
+        if abs(rtt - old.rtt) < max(RTT_CHANGE * old.rtt, RTT_FLOOR) or not self._fastest(ref):
+            return False
+        self._health[ref] = dataclasses.replace(old, rtt=rtt)
+        return True
+
+    def _fastest(self, ref: EndpointRef) -> bool:
+        found = self._services.get(ref.service)
+        return found is not None and found[1].policy is Policy.FASTEST
 
     def set_locator(self, locator: Locator | None) -> None:
         """Use another GeoIP database for answers from now on."""
@@ -434,7 +509,7 @@ class Registry:
 
     def check_note(self, ref: EndpointRef) -> CheckNote | None:
         with self._lock:
-            return self._checks.get(ref)
+            return _note(self._checks.get(ref))
 
     def on_change(self, listener: Callable[[Snapshot], None]) -> None:
         """Call ``listener`` with every new snapshot (from the writer's thread)."""
@@ -688,6 +763,11 @@ class Registry:
             else:
                 services[name] = (holder, api_service)
         self._services = services
+        self._configured = {
+            (name, pool.name): frozenset(endpoint.key for endpoint in pool.endpoints)
+            for name, (_, service) in services.items()
+            for pool in service.pools
+        }
 
     def _find_service(self, name: str) -> Service | None:
         found = self._services.get(name)
@@ -724,6 +804,14 @@ class Registry:
         if service is None:
             return None
         return self._endpoints(service, ref.pool).get((ref.address, ref.port))
+
+    def _known(self, ref: EndpointRef) -> bool:
+        """Whether ``_endpoint(ref)`` finds it, without building the pool's endpoints."""
+        key = (ref.address, ref.port)
+        pair = (ref.service, ref.pool)
+        if key in self._configured.get(pair, ()):
+            return True
+        return ref.service in self._services and key in self._registered.get(pair, {})
 
     def _find_ref(
         self,
@@ -800,6 +888,10 @@ class Registry:
         for listener in self._listeners:
             listener(snapshot)
 
+
+
+def _note(kept: tuple[str, bool, float, float | None] | None) -> CheckNote | None:
+    return None if kept is None else CheckNote(*kept)
 
 
 def _by_ref(registered: Mapping[tuple[str, str], Mapping[Key, Endpoint]]) -> dict[EndpointRef, Endpoint]:

@@ -17,7 +17,7 @@ import trustme
 from test_health import HealthServer, wait_for
 
 from gslb.config import load_zone_text, parse_check
-from gslb.health import prober
+from gslb.health import http
 from gslb.health.prober import CheckResult, make_session, run_check
 from gslb.health.thread import HealthThread
 from gslb.model import Endpoint, EndpointRef, HealthCheck
@@ -123,7 +123,7 @@ def test_https_with_verification(ca: trustme.CA, sites: list[Site]) -> None:
     site = tls_site(ca, sites)
     untrusted = check(site, tls=True, host="app.example.com")
     assert not untrusted.ok and "certificate" in untrusted.result.lower(), untrusted
-    ca.configure_trust(prober._VERIFYING)  # as if the CA were in the system's trust store
+    ca.configure_trust(http._VERIFYING)  # as if the CA were in the system's trust store
     assert check(site, tls=True, host="app.example.com").ok
     wrong_name = check(site, tls=True, host="other.example.com")
     assert not wrong_name.ok and "certificate" in wrong_name.result.lower(), wrong_name

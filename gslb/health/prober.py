@@ -5,9 +5,10 @@ A check only says pass or fail, with a short result text and the round-trip time
 style), and only transitions reach ``registry.set_probe_state``; every result reaches
 ``registry.note_check`` for the API.
 
-Checks: ``http`` (GET a path over HTTP or HTTPS, status range, body text, Host header),
-``tcp`` (connect); ``none`` and ``heartbeat`` are never probed. An endpoint's own check
-overrides its service's.
+Checks: ``http`` (GET a path over HTTP or HTTPS, status range, body text, Host header;
+over a kept connection, see ``gslb.health.http``), ``tcp`` (connect, see
+``gslb.health.tcp``); ``none`` and ``heartbeat`` are never probed. An endpoint's own
+check overrides its service's.
 
 Initial state: an endpoint starts up but unconfirmed (the registry answers with a new
 registration at once); its first check failing takes it down immediately. After that,
@@ -15,8 +16,10 @@ registration at once); its first check failing takes it down immediately. After 
 bring a down endpoint up.
 
 The ``Prober`` follows ``registry.snapshot``: new endpoints are checked within about a
-tenth of a second, then every ``interval`` seconds with ±5% jitter; removed endpoints
-stop being checked; a changed check restarts that endpoint's schedule.
+tenth of a second, the second time 0.5-1 interval later, then every ``interval``
+seconds with ±5% jitter; removed endpoints stop being checked; a changed check restarts
+that endpoint's schedule. It is built for thousands of endpoints a second on one core:
+one wheel of schedules, checks on callbacks where they can, results batched.
 """
 
 from __future__ import annotations
@@ -25,25 +28,38 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import random
+import resource
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-
+from gslb.health import tcp
+from gslb.health.http import BadResponseError, HttpChecker, HttpTarget, Outcome, Response
 from gslb.model import CheckKind, EndpointRef, HealthCheck, IPAddress
-from gslb.registry import Registry
-from gslb.snapshot import Snapshot
+from gslb.registry import CheckReport, Registry
+from gslb.snapshot import ServiceView, Snapshot
 
 log = logging.getLogger("gslb.health")
 
 SYNC_PERIOD = 0.05  # seconds between looks at the registry's generation
-FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its interval)
-JITTER = 0.05  # later checks are interval × (1 ± JITTER) apart, so they never fire in bursts
-USER_AGENT = "gslb-prober/0.1"
-MAX_BODY = 64 * 1024  # bytes of a response searched for the check's ``body`` text
+FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its interval) ...
+FIRST_RATE = 5000  # ... or longer when many appear at once: at most this many first
+# checks (each a new connection) a second, so that a zone file of thousands of endpoints
+# does not open them all in the same instant
+# The second check comes 0.5-1 interval after the first, so that endpoints that appeared
+# together (a zone file of thousands) spread over the interval instead of all checking
+# at the same moment; later checks are interval × (1 ± JITTER) apart.
+SECOND = (0.5, 1.0)
+JITTER = 0.05
+STEADY = (1 - JITTER, 1 + JITTER)
+REPORT_PERIOD = 0.01  # results are handed to the registry in batches this often
+# Checks under way at once. Over kept connections one costs no more than a socket already
+# open, and 10,000 checks a second of endpoints 100 ms away keep a thousand under way.
+MAX_CONCURRENT = 1000
+TICK = 0.01  # seconds between looks for due checks (one timer for all endpoints)
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -73,65 +89,58 @@ def http_url(address: IPAddress, port: int, path: str, tls: bool = False) -> str
     return f"{'https' if tls else 'http'}://{host}:{port}{path}"
 
 
-_VERIFYING = ssl.create_default_context()
-
-
-def _tls(check: HealthCheck) -> ssl.SSLContext | bool:
-    """The TLS setting of a check: verify against the system's CAs, or not at all."""
-    if not check.tls:
-        return True  # aiohttp's default; unused for http URLs
-    return _VERIFYING if check.tls_verify else False
-
-
-def make_session() -> aiohttp.ClientSession:
-    """The HTTP client for checks: one connection per check, no proxy from the environment.
-
-    Reusing pooled connections would let a check pass over an old socket after the
-    endpoint stopped accepting new ones, so every check connects afresh.
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True, limit=0),
-        trust_env=False,
-        headers={"User-Agent": USER_AGENT, "Connection": "close"},
-        auto_decompress=False,
-    )
+def make_session(keep: int | None = None) -> HttpChecker:
+    """The HTTP client of the checks: keeps a connection per endpoint for the next check,
+    at most ``keep`` of them (default: half the file descriptors this process may open,
+    after raising its soft limit to the hard one, as Go programs do: the soft default of
+    1024 would keep a few hundred endpoints' connections)."""
+    if keep is None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        keep = max(0, min(soft, 1 << 20) // 2)
+    return HttpChecker(keep)
 
 
 async def check_http(
-    session: aiohttp.ClientSession, address: IPAddress, port: int, check: HealthCheck
+    session: HttpChecker, address: IPAddress, port: int, check: HealthCheck,
+    target: HttpTarget | None = None,
 ) -> CheckResult:
     """GET the check's path; pass when the status is within [expect_min, expect_max] and,
     when the check names a ``body`` text, the first 64 KiB of the body contain it.
 
     The connection goes to the address; ``host`` only sets the Host header and the name
-    the certificate must match, so a check never resolves names.
+    the certificate must match, so a check never resolves names. ``target`` (made by the
+    caller once per endpoint) keeps its connection for the next check.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    headers = {} if check.host is None else {"Host": check.host}
-    tls_name = check.host if check.tls and check.tls_verify else None
-    body = b""
+    if target is None:
+        target = HttpTarget(address, port, check)
+    outcome: Outcome
     try:
-        async with session.get(
-            http_url(address, port, check.path, check.tls),
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=check.timeout),
-            headers=headers,
-            ssl=_tls(check),
-            server_hostname=tls_name,
-        ) as response:
-            status = response.status
-            if check.body is not None:
-                body = await response.content.read(MAX_BODY)
-            rtt = loop.time() - started
-    except TimeoutError:
-        return CheckResult(False, f"timeout after {check.timeout:g}s")
-    except aiohttp.ClientConnectorError as exc:
-        return CheckResult(False, _os_error_text(exc.os_error))
-    except (aiohttp.ClientError, OSError) as exc:
-        return CheckResult(False, _error_text(exc))
+        async with asyncio.timeout(check.timeout):
+            outcome = await session.get(target)
+    except (TimeoutError, OSError, ssl.SSLError, BadResponseError) as exc:
+        outcome = exc
+    return judge_http(check, outcome, loop.time() - started)
+
+
+def judge_http(check: HealthCheck, outcome: Outcome, rtt: float) -> CheckResult:
+    """What an HTTP check's response (or error) says, by the check's rules."""
+    if not isinstance(outcome, Response):
+        if isinstance(outcome, TimeoutError):
+            return CheckResult(False, f"timeout after {check.timeout:g}s")
+        if isinstance(outcome, OSError):
+            return CheckResult(False, _os_error_text(outcome))
+        if isinstance(outcome, BadResponseError):
+            return CheckResult(False, str(outcome))
+        return CheckResult(False, f"check error: {_error_text(outcome)}")
+    status = outcome.status
     if check.expect_min <= status <= check.expect_max:
-        if check.body is not None and check.body.encode() not in body:
+        if check.body is not None and check.body.encode() not in outcome.body:
             return CheckResult(False, f"HTTP {status} without {check.body!r} in the body", rtt)
         return CheckResult(True, f"HTTP {status}", rtt)
     expected = (
@@ -147,21 +156,28 @@ async def check_tcp(address: IPAddress, port: int, timeout: float) -> CheckResul
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        async with asyncio.timeout(timeout):
-            transport, _ = await loop.create_connection(asyncio.Protocol, str(address), port)
-    except TimeoutError:
+        await tcp.check_connect(address, port, timeout)
+    except (TimeoutError, OSError) as exc:
+        return judge_tcp(timeout, exc, 0.0)
+    return judge_tcp(timeout, None, loop.time() - started)
+
+
+def judge_tcp(timeout: float, outcome: BaseException | None, rtt: float) -> CheckResult:
+    """What a TCP connect's outcome says."""
+    if outcome is None:
+        return CheckResult(True, "connected", rtt)
+    if isinstance(outcome, TimeoutError):
         return CheckResult(False, f"timeout after {timeout:g}s")
-    except OSError as exc:
-        return CheckResult(False, _os_error_text(exc))
-    rtt = loop.time() - started
-    transport.close()
-    return CheckResult(True, "connected", rtt)
+    if isinstance(outcome, OSError):
+        return CheckResult(False, _os_error_text(outcome))
+    return CheckResult(False, f"check error: {_error_text(outcome)}")
 
 
 async def run_check(
-    session: aiohttp.ClientSession, check: HealthCheck, ref: EndpointRef
+    session: HttpChecker, check: HealthCheck, ref: EndpointRef, target: HttpTarget | None = None
 ) -> CheckResult:
-    """Run ``check`` against the endpoint ``ref`` names; anything unexpected is a failure."""
+    """Run ``check`` against the endpoint ``ref`` names; anything unexpected is a failure.
+    An HTTP check's ``target`` keeps its connection from one check to the next."""
     port = check_port(check, ref.port)
     try:
         if not check.probed:
@@ -170,7 +186,7 @@ async def run_check(
             return CheckResult(False, "no port to check: set check.port or the endpoint's port")
         if check.kind is CheckKind.TCP:
             return await check_tcp(ref.address, port, check.timeout)
-        return await check_http(session, ref.address, port, check)
+        return await check_http(session, ref.address, port, check, target)
     except Exception as exc:  # a bug in a check must not take the prober down
         return CheckResult(False, f"check error: {_error_text(exc)}")
 
@@ -180,6 +196,8 @@ def _os_error_text(exc: OSError) -> str:
         return "connection refused"
     if isinstance(exc, TimeoutError):
         return "connect timeout"
+    if isinstance(exc, ssl.SSLError):
+        return _error_text(exc)
     return exc.strerror.lower() if exc.strerror else _error_text(exc)
 
 
@@ -223,7 +241,7 @@ class Tracker:
                 self, state=ProbeState.UP if ok else ProbeState.DOWN, streak=0
             )
         if ok == self.up:
-            return dataclasses.replace(self, streak=0)
+            return self if self.streak == 0 else dataclasses.replace(self, streak=0)
         streak = self.streak + 1
         if streak >= (self.fall if self.up else self.rise):
             return dataclasses.replace(
@@ -243,10 +261,25 @@ class Tracker:
 # --- scheduling ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    check: HealthCheck
-    task: asyncio.Task[None]
+class _Schedule:
+    """One probed endpoint: its check, when it is due next, its connection (HTTP)."""
+
+    __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "spread", "stopped",
+                 "done")
+
+    def __init__(self, ref: EndpointRef, check: HealthCheck, due: float, http: HttpChecker) -> None:
+        self.ref = ref
+        self.check = check
+        self.port = check_port(check, ref.port)
+        self.target: HttpTarget | None = None
+        if check.kind is CheckKind.HTTP and self.port is not None and 0 < self.port < 65536:
+            self.target = HttpTarget(ref.address, self.port, check, http)
+        self.tcp = check.kind is CheckKind.TCP and self.port is not None
+        self.due = due
+        self.started = due
+        self.spread = SECOND
+        self.stopped = False  # removed or replaced: its results are stale
+        self.done: Callable[[Outcome], None] | None = None  # set by the prober, once
 
 
 # Told of every check's outcome (metrics): endpoint, its check, passed, round trip.
@@ -257,12 +290,18 @@ class Prober:
     """Checks every probed endpoint of ``registry`` and reports what it finds.
 
     ``run()`` loops until cancelled; at most ``max_concurrent`` checks run at once.
+
+    One wheel of schedules, looked at every ``TICK``, starts the checks that are due (no
+    task sleeps per endpoint). An HTTP check over a kept connection runs on callbacks
+    alone; a check that must connect (or a TCP check) runs as a task. Results reach the
+    registry in batches every ``REPORT_PERIOD`` (one lock and at most one snapshot for
+    many results); the observer ``on_check`` hears of each at once.
     """
 
     def __init__(
         self,
         registry: Registry,
-        max_concurrent: int = 200,
+        max_concurrent: int = MAX_CONCURRENT,
         *,
         rng: random.Random | None = None,
         on_check: CheckObserver | None = None,
@@ -271,32 +310,40 @@ class Prober:
         self._on_check = on_check
         self._max_concurrent = max_concurrent
         self._rng = rng or random.Random()
-        self._targets: dict[EndpointRef, _Target] = {}
+        self._targets: dict[EndpointRef, _Schedule] = {}
         self._trackers: dict[EndpointRef, Tracker] = {}
         self._generation = -1
-        self._http: aiohttp.ClientSession | None = None
-        self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._http: HttpChecker | None = None
+        # Schedules by the tick they are due in: a list per tick, no allocation per check
+        # (a heap entry per check would be a tuple that lives a whole interval, and
+        # thousands of those a second make the garbage collector walk everything).
+        self._wheel: dict[int, list[_Schedule]] = {}
+        self._next_tick = 0  # the first tick not yet looked at
+        self._running = 0  # checks under way
+        self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
+        self._connecting: dict[_Schedule, Callable[[], None]] = {}  # TCP checks under way
+        self._pending: list[CheckReport] = []
+        self._flush: asyncio.TimerHandle | None = None
+        self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
+        self._refs: dict[str, set[EndpointRef]] = {}  # service -> its probed endpoints
 
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
-        async with self._session() as session:
+        loop = asyncio.get_running_loop()
+        async with make_session() as session:
             self._http = session
-            self._semaphore = asyncio.Semaphore(self._max_concurrent)
             try:
+                next_follow = 0.0
                 while True:
-                    self._follow()
-                    await asyncio.sleep(SYNC_PERIOD)
+                    now = loop.time()
+                    if now >= next_follow:
+                        self._follow()
+                        next_follow = now + SYNC_PERIOD
+                    self._start_due(loop)
+                    await asyncio.sleep(TICK)
             finally:
                 await self._stop_all()
                 self._http = None
-
-    @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
-        session = make_session()
-        try:
-            yield session
-        finally:
-            await session.close()
 
     def _follow(self) -> None:
         """Catch up with the registry's latest snapshot, if it changed."""
@@ -310,36 +357,63 @@ class Prober:
             log.exception("prober: cannot follow registry changes")
 
     def _sync(self, snapshot: Snapshot) -> None:
-        """Start, restart and stop endpoint schedules to match ``snapshot``."""
-        session = self._http
-        if session is None:
+        """Start, restart and stop endpoint schedules to match ``snapshot``.
+
+        Most snapshots differ from the last one only in health; a service whose check
+        and endpoints are the same objects as last time is skipped without a look at
+        each endpoint, so a new snapshot costs little with thousands of endpoints.
+        """
+        if self._http is None:
             return  # not running
-        wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
-        # Trackers resume from this instance's own verdicts: the snapshot's probe state
-        # may be a quorum of several instances that this prober must not take as its own.
-        verdicts = self._registry.probe_verdicts()
+        present: set[str] = set()
+        changed: list[ServiceView] = []
         for zone in snapshot.zones.values():
             for service in zone.services.values():
-                for view in service.endpoints:
-                    endpoint = view.endpoint
-                    check = service.service.check_of(endpoint)
-                    ref = EndpointRef(service.name, view.pool.name, endpoint.address, endpoint.port)
-                    if check.probed:
-                        wanted[ref] = (check, verdicts.get(ref, True))
-                    elif not view.health.probe_up:  # its check was just switched off
-                        self._registry.set_probe_state(ref, True, "health check disabled")
+                present.add(service.name)
+                signature = (service.service.check,
+                             tuple([(view.pool.name, view.endpoint) for view in service.endpoints]))
+                if self._signatures.get(service.name) != signature:
+                    self._signatures[service.name] = signature
+                    changed.append(service)
+        if changed:
+            # Trackers resume from this instance's own verdicts: the snapshot's probe
+            # state may be a quorum of several instances.
+            verdicts = self._registry.probe_verdicts()
+            stagger = max(FIRST_STAGGER, sum(len(s.endpoints) for s in changed) / FIRST_RATE)
+            for service in changed:
+                self._sync_service(service, verdicts, stagger)
+        for name in [name for name in self._signatures if name not in present]:
+            del self._signatures[name]
+            for ref in self._refs.pop(name, set()):
+                self._stop(ref)
 
-        for ref in [ref for ref in self._targets if ref not in wanted]:
-            self._targets.pop(ref).task.cancel()
-            self._trackers.pop(ref, None)
+    def _sync_service(
+        self, service: ServiceView, verdicts: dict[EndpointRef, bool], stagger: float
+    ) -> None:
+        wanted: dict[EndpointRef, tuple[HealthCheck, bool]] = {}
+        for view in service.endpoints:
+            endpoint = view.endpoint
+            check = service.service.check_of(endpoint)
+            ref = EndpointRef(service.name, view.pool.name, endpoint.address, endpoint.port)
+            if check.probed:
+                wanted[ref] = (check, verdicts.get(ref, True))
+            elif not view.health.probe_up:  # its check was just switched off
+                self._registry.set_probe_state(ref, True, "health check disabled")
 
+        refs = self._refs.setdefault(service.name, set())
+        for ref in [ref for ref in refs if ref not in wanted]:
+            refs.discard(ref)
+            self._stop(ref)
+
+        now = asyncio.get_running_loop().time()
         for ref, (check, probe_up) in wanted.items():
-            target = self._targets.get(ref)
+            refs.add(ref)
+            schedule = self._targets.get(ref)
             tracker = self._trackers.get(ref)
-            if target is not None and tracker is not None:
-                if target.check == check and tracker.up == probe_up:
+            if schedule is not None and tracker is not None:
+                if schedule.check == check and tracker.up == probe_up:
                     continue
-                target.task.cancel()
+                self._stop(ref)
                 if tracker.up == probe_up:  # only the check changed: keep what we know
                     tracker = Tracker(check.rise, check.fall, tracker.state)
                 else:  # someone else reset its health (re-registered): start afresh
@@ -347,43 +421,163 @@ class Prober:
             else:
                 tracker = Tracker.start(check, probe_up)
             self._trackers[ref] = tracker
-            task = asyncio.create_task(self._probe_forever(ref, check, session), name=f"probe {ref}")
-            self._targets[ref] = _Target(check, task)
+            first = now + self._rng.uniform(0, min(check.interval, stagger))
+            assert self._http is not None
+            schedule = _Schedule(ref, check, first, self._http)
+            schedule.done = functools.partial(self._http_done, schedule)
+            self._targets[ref] = schedule
+            self._push(schedule)
 
-    async def _probe_forever(
-        self, ref: EndpointRef, check: HealthCheck, session: aiohttp.ClientSession
+    def _stop(self, ref: EndpointRef) -> None:
+        schedule = self._targets.pop(ref, None)
+        if schedule is not None:
+            schedule.stopped = True  # left in the wheel; dropped when it comes up
+            if schedule.target is not None and self._http is not None:
+                self._http.forget(schedule.target)
+        self._trackers.pop(ref, None)
+
+    # --- running checks ---
+
+    def _start_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the checks that are due, as far as the concurrency limit allows."""
+        http, wheel = self._http, self._wheel
+        if http is None:
+            return
+        now = loop.time()
+        last = int(now / TICK)
+        while wheel and self._next_tick <= last:
+            tick = self._next_tick
+            due = wheel.get(tick)
+            while due:
+                if self._running >= self._max_concurrent:
+                    return  # the rest stays due
+                schedule = due.pop()
+                if schedule.stopped:
+                    continue
+                self._start(loop, http, schedule, now)
+            wheel.pop(tick, None)
+            # after a long quiet spell, jump to the first tick that holds something
+            self._next_tick = tick + 1 if last - tick < 1000 or not wheel else min(wheel)
+        if not wheel:
+            self._next_tick = max(self._next_tick, last + 1)
+
+    def _start(
+        self, loop: asyncio.AbstractEventLoop, http: HttpChecker, schedule: _Schedule, now: float
     ) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(self._rng.uniform(0, min(check.interval, FIRST_STAGGER)))
-        while True:
-            started = loop.time()
-            try:
-                async with self._semaphore:
-                    result = await run_check(session, check, ref)
-                self._report(ref, result)
-            except Exception:
-                log.exception("prober: cannot report the check of %s", ref)
-            delay = check.interval * self._rng.uniform(1 - JITTER, 1 + JITTER)
-            await asyncio.sleep(max(0.0, started + delay - loop.time()))
+        self._running += 1
+        schedule.started = now
+        target = schedule.target
+        if target is not None and schedule.done is not None and http.send(
+            target, schedule.check.timeout, schedule.done
+        ):
+            return
+        if schedule.tcp and self._connect(loop, schedule):
+            return
+        task = loop.create_task(self._check(schedule, http))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _report(self, ref: EndpointRef, result: CheckResult) -> None:
+    def _connect(self, loop: asyncio.AbstractEventLoop, schedule: _Schedule) -> bool:
+        """Start a TCP check on callbacks; False when it cannot start that way."""
+        assert schedule.port is not None
+        try:
+            abandon = tcp.connect(loop, schedule.ref.address, schedule.port, schedule.check.timeout,
+                                  functools.partial(self._tcp_done, schedule))
+        except Exception:  # the task path reports it as a check error
+            return False
+        self._connecting[schedule] = abandon
+        return True
+
+    def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
+        self._connecting.pop(schedule, None)
+        rtt = asyncio.get_running_loop().time() - schedule.started
+        self._done(schedule, judge_tcp(schedule.check.timeout, outcome, rtt))
+
+    def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
+        loop = asyncio.get_running_loop()
+        self._done(schedule, judge_http(schedule.check, outcome, loop.time() - schedule.started))
+
+    async def _check(self, schedule: _Schedule, http: HttpChecker) -> None:
+        try:
+            result = await run_check(http, schedule.check, schedule.ref, schedule.target)
+        except asyncio.CancelledError:
+            self._running -= 1
+            raise
+        self._done(schedule, result)
+
+    def _done(self, schedule: _Schedule, result: CheckResult) -> None:
+        """A check ended: report it, and put its next check on the wheel."""
+        self._running -= 1
+        if schedule.stopped:
+            if schedule.target is not None and self._http is not None:
+                self._http.forget(schedule.target)  # kept by a check that ended after the stop
+            return
+        try:
+            self._report(schedule, result)
+        except Exception:
+            log.exception("prober: cannot report the check of %s", schedule.ref)
+        if schedule.stopped:  # the report found the endpoint gone or changed
+            return
+        check = schedule.check
+        low, high = schedule.spread
+        schedule.spread = STEADY
+        schedule.due = schedule.started + check.interval * self._rng.uniform(low, high)
+        self._push(schedule)
+
+    def _push(self, schedule: _Schedule) -> None:
+        tick = max(int(schedule.due / TICK), self._next_tick)
+        due = self._wheel.get(tick)
+        if due is None:
+            self._wheel[tick] = [schedule]
+        else:
+            due.append(schedule)
+
+    def _report(self, schedule: _Schedule, result: CheckResult) -> None:
         self._follow()  # the endpoint may have gone (or changed) while its check ran
+        ref = schedule.ref
         before = self._trackers.get(ref)
-        if before is None or self._targets[ref].task is not asyncio.current_task():
+        if before is None or self._targets.get(ref) is not schedule:
+            schedule.stopped = True
             return  # removed, or restarted with a new check: this result is stale
-        self._registry.note_check(ref, result.ok, result.result, result.rtt)
-        if self._on_check is not None:
-            self._on_check(ref, self._targets[ref].check, result.ok, result.rtt)
         after = before.observe(result.ok)
-        self._trackers[ref] = after
-        if after.up != before.up or before.state is ProbeState.UNCONFIRMED:
-            # the first verdict is reported even when it agrees: it confirms the state
-            self._registry.set_probe_state(ref, after.up, before.reason(after, result.result))
+        verdict, reason = None, ""
+        if after is not before:
+            self._trackers[ref] = after
+            if after.up != before.up or before.state is ProbeState.UNCONFIRMED:
+                # the first verdict is reported even when it agrees: it confirms the state
+                verdict, reason = after.up, before.reason(after, result.result)
+        self._pending.append(CheckReport(ref, result.ok, result.result, result.rtt, verdict, reason))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(REPORT_PERIOD, self._hand_over)
+        if self._on_check is not None:
+            self._on_check(ref, schedule.check, result.ok, result.rtt)
+
+    def _hand_over(self) -> None:
+        """Give the registry the results gathered since the last time."""
+        self._flush = None
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            self._registry.note_checks(pending)
+        except Exception:  # a registry bug must not stop the probing
+            log.exception("prober: cannot report %d check results", len(pending))
 
     async def _stop_all(self) -> None:
-        tasks = [target.task for target in self._targets.values()]
+        for schedule in self._targets.values():
+            schedule.stopped = True
         self._targets.clear()
         self._trackers.clear()
+        self._signatures.clear()
+        self._refs.clear()
+        self._wheel.clear()
+        for abandon in self._connecting.values():
+            abandon()
+        self._connecting.clear()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flush is not None:
+            self._flush.cancel()
+        self._hand_over()  # what was found before the stop is kept

@@ -1,0 +1,274 @@
+"""10,000 endpoints probed every second: the prober's CPU, rate and timing, on loopback.
+
+    .venv/bin/python benchmarks/probes.py [--endpoints 10000] [--seconds 15] [--kind http tcp]
+                                          [--code DIR]
+
+``--code`` measures another version of the package side by side, e.g. the one before
+kept connections: ``git archive 3aac5ff gslb | tar -x -C /tmp/before`` then
+``--code /tmp/before``.
+
+A fleet of real endpoints runs in a child process (uvloop, one listening socket per
+endpoint on 127.0.50.1-127.0.50.40, answering ``GET /health`` with 200 over HTTP/1.1,
+keep-alive unless asked to close). A registry holds the endpoints as 100 services of
+100 (one pool each), every endpoint checked each second (rise 2, fall 2, timeout 1 s).
+The real ``HealthThread`` probes them for ``--seconds`` (after a warm-up of 6 s, which is
+not counted) and the script prints, per check kind:
+
+- checks completed per second, failures (should be 0), transitions (should be 0) and
+  snapshots published (what DNS answers would have to pick up);
+- the health thread's CPU time per wall second (with the check metrics that ``gslb
+  serve`` keeps) (from /proc/self/task/TID/stat: user +
+  system) and the whole process's (the target: <= 50 % of one core for 10,000 endpoints
+  a second), and CPU microseconds per check;
+- the gap between two checks of one endpoint: p50, p99, max (1 s ± 5 % is the plan).
+
+Bounded: the run stops after ``--seconds``; only loopback is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HOSTS = [f"127.0.50.{i}" for i in range(1, 41)]
+WARMUP = 6.0  # the first round (a connection per endpoint) and its snapshots are not counted
+FLEETS = 2  # processes serving the endpoints
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
+CLOSING = (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n"
+           b"Connection: close\r\n\r\nok\n")
+
+
+def raise_nofile(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+# --- the fleet (child process) -----------------------------------------------------------
+
+
+def fleet(count: int) -> None:
+    """Listen on ``count`` ports; print them as JSON; serve until stdin closes."""
+    import asyncio
+
+    import uvloop
+
+    raise_nofile(count * 2 + 1000)
+    served = [0]
+
+    class Endpoint(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            if self.buffer or not data.endswith(b"\r\n\r\n") or data.count(b"\r\n\r\n") != 1:
+                self.slow(data)  # pipelined or split requests: rare
+                return
+            served[0] += 1
+            if b"lose\r\n" in data and b"connection: close" in data.lower():
+                self.transport.write(CLOSING)  # type: ignore[attr-defined]
+                self.transport.close()
+                return
+            self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+
+        def slow(self, data: bytes) -> None:
+            self.buffer += data
+            while b"\r\n\r\n" in self.buffer:
+                head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+                served[0] += 1
+                if b"connection: close" in head.lower():
+                    self.transport.write(CLOSING)  # type: ignore[attr-defined]
+                    self.transport.close()
+                    return
+                self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ports = []
+        for i in range(count):
+            host = HOSTS[i % len(HOSTS)]
+            server = await loop.create_server(Endpoint, host, 0, backlog=64)
+            ports.append([host, server.sockets[0].getsockname()[1]])
+        print(json.dumps(ports), flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
+        print(json.dumps({"served": served[0]}), flush=True)
+
+    uvloop.run(main())
+
+
+# --- the prober (this process) -------------------------------------------------------------
+
+
+def zone_text(ports: list[list[object]], kind: str, per_service: int) -> str:
+    lines = ["zone: probes.example", "nameservers: {ns1: [127.0.0.1]}", "services:"]
+    for s in range(0, len(ports), per_service):
+        lines += [
+            f"  s{s // per_service}:",
+            f"    check: {{type: {kind}, path: /health, interval: 1, timeout: 1, rise: 2, fall: 2}}",
+            "    pools:",
+            "      main:",
+            "        endpoints:",
+        ]
+        lines += [f"          - {{address: {host}, port: {port}}}"
+                  for host, port in ports[s:s + per_service]]
+    return "\n".join(lines) + "\n"
+
+
+def thread_cpu(tid: int) -> tuple[float, float]:
+    """User and system CPU seconds of one thread of this process."""
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str, float], str]:
+    from gslb.config import load_zone_text
+    from gslb.health.thread import HealthThread
+    from gslb.metrics import Metrics
+    from gslb.model import EndpointRef, HealthCheck
+    from gslb.registry import Registry
+
+    registry = Registry()
+    registry.load_zones([load_zone_text(zone_text(ports, kind, 100), "probes.yaml")])
+    times: dict[EndpointRef, list[float]] = defaultdict(list)
+    failures: list[EndpointRef] = []
+    clock = time.monotonic
+
+    rtts: list[float] = []
+
+    metrics = Metrics(lambda: registry.snapshot, registry.transition_counts)
+
+    def observe(ref: EndpointRef, check: HealthCheck, ok: bool, rtt: float | None) -> None:
+        metrics.observe_check(ref, check, ok, rtt)  # as gslb serve does
+        times[ref].append(clock())
+        if rtt is not None and len(rtts) < 1_000_000:
+            rtts.append(rtt)
+        if not ok:
+            failures.append(ref)
+
+    health = HealthThread(registry, on_check=observe)
+    health.start()
+    try:
+        thread = health._thread  # noqa: SLF001 - the benchmark reads the thread's own CPU
+        assert thread is not None and thread.native_id is not None
+        tid = thread.native_id
+        time.sleep(WARMUP)
+        started, (user0, sys0), proc0 = clock(), thread_cpu(tid), time.process_time()
+        generation0 = registry.generation
+        transitions0 = sum(registry.transition_counts().values())
+        failures0 = len(failures)
+        counted0 = sum(len(t) for t in times.values())
+        time.sleep(seconds)
+        wall = clock() - started
+        user, system = thread_cpu(tid)
+        user, system = user - user0, system - sys0
+        cpu, proc = user + system, time.process_time() - proc0
+        checks = sum(len(t) for t in times.values()) - counted0
+        publishes = registry.generation - generation0
+        transitions = sum(registry.transition_counts().values()) - transitions0
+        failed = len(failures) - failures0
+    finally:
+        try:
+            health.stop(timeout=60)
+        except RuntimeError as exc:  # overloaded: report the figures all the same
+            print(f"      {exc}", flush=True)
+    note = registry.check_note(failures[-1]) if failures else None
+    sample = f"{failures[-1]}: {note.result}" if note is not None else ""
+    gaps = [b - a for t in times.values() for a, b in zip(t, t[1:], strict=False)
+            if a >= started]
+    return {
+        "endpoints": len(ports),
+        "checks_per_s": checks / wall,
+        "thread_cpu_pct": 100 * cpu / wall,
+        "thread_system_pct": 100 * system / wall,
+        "process_cpu_pct": 100 * proc / wall,
+        "thread_cpu_us_per_check": 1e6 * cpu / max(checks, 1),
+        "gap_p50": statistics.median(gaps) if gaps else float("nan"),
+        "gap_p99": percentile(gaps, 0.99) if gaps else float("nan"),
+        "gap_max": max(gaps, default=float("nan")),
+        "rtt_p50_ms": 1000 * statistics.median(rtts) if rtts else float("nan"),
+        "rtt_p99_ms": 1000 * percentile(rtts, 0.99) if rtts else float("nan"),
+        "failures": failed,
+        "transitions": transitions,
+        "publishes_per_s": publishes / wall,
+    }, sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--endpoints", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--kind", nargs="+", default=["http", "tcp"], choices=["http", "tcp"])
+    parser.add_argument("--code", type=Path, default=ROOT,
+                        help="the directory holding the gslb package to measure (another "
+                             "version, e.g. from git archive; default: this checkout)")
+    parser.add_argument("--fleet", type=int, help=argparse.SUPPRESS)  # the child's role
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.code))
+    if args.fleet is not None:
+        fleet(args.fleet)
+        return
+    raise_nofile(args.endpoints * 2 + 1000)
+    # several fleet processes: each holds a listener and a kept connection per endpoint
+    sizes = [len(range(i, args.endpoints, FLEETS)) for i in range(FLEETS)]
+    children = [subprocess.Popen([sys.executable, __file__, "--fleet", str(size)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for size in sizes]
+    try:
+        ports = []
+        for child in children:
+            assert child.stdout is not None
+            ports += json.loads(child.stdout.readline())
+        print(f"{len(ports)} endpoints on {len(HOSTS)} loopback addresses; checks every 1 s; "
+              f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured")
+        header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
+                  f"{'µs/check':>8} {'gap p50':>8} {'gap p99':>8} {'gap max':>8} "
+                  f"{'rtt p50':>8} {'rtt p99':>8} "
+                  f"{'failed':>6} {'transitions':>11} {'publishes/s':>11}")
+        print(header)
+        for kind in args.kind:
+            r, sample = run(kind, ports, args.seconds)
+            print(f"{kind:5} {r['checks_per_s']:9.0f} {r['thread_cpu_pct']:9.1f}% "
+                  f"{r['thread_system_pct']:7.1f}% "
+                  f"{r['process_cpu_pct']:10.1f}% {r['thread_cpu_us_per_check']:8.1f} "
+                  f"{r['gap_p50']:8.3f} {r['gap_p99']:8.3f} {r['gap_max']:8.3f} "
+                  f"{r['rtt_p50_ms']:6.1f}ms {r['rtt_p99_ms']:6.1f}ms "
+                  f"{r['failures']:6.0f} {r['transitions']:11.0f} {r['publishes_per_s']:11.1f}",
+                  flush=True)
+            if sample:
+                print(f"      a failed check: {sample}")
+        served = 0
+        for child in children:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.close()
+            served += json.loads(child.stdout.readline())["served"]
+        print(f"the fleet answered {served} HTTP requests in all")
+    finally:
+        for child in children:
+            if child.stdin and not child.stdin.closed:
+                child.stdin.close()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+if __name__ == "__main__":
+    main()

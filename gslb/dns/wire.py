@@ -162,7 +162,16 @@ def parse_query(data: bytes) -> Query | bytes | None:
     - BADVERS: an OPT record of version above 0 (RFC 6891 section 6.1.3);
     - REFUSED: a question class other than IN. We serve only IN data; CHAOS
       questions such as ``version.bind`` get no special answer.
+
+    What resolvers send is read by a lean reader (``_parse_common``); it declines
+    anything else, which the full parser reads and decides on.
     """
+    common = _parse_common(data)
+    return common if common is not None else _parse_full(data)
+
+
+def _parse_full(data: bytes) -> Query | bytes | None:
+    """``parse_query`` for every datagram, the unusual ones included."""
     if len(data) < 12:
         return None
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
@@ -197,6 +206,103 @@ def parse_query(data: bytes) -> Query | bytes | None:
         rtype=_RTYPES.get(question.qtype),
         edns=edns,
     )
+
+
+_ECS_V4 = 1
+_ECS_V6 = 2
+
+
+def _parse_common(data: bytes) -> Query | None:
+    """The common query, read fast: ``parse_query``'s :class:`Query` for it, or ``None``
+    for anything else, which the full parser then decides on.
+
+    Common is: a QUERY without QR, one question (uncompressed, non-root name of plain
+    label bytes, class IN, a type with no special rule) and nothing else but at most an
+    OPT record of version 0 that holds a well-formed Client Subnet option at most once
+    and any other options (ignored, as the full parser does). What resolvers send.
+    """
+    size = len(data)
+    if size < 17:
+        return None
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if flags & (QR | OPCODE_MASK) or qdcount != 1 or ancount or nscount or arcount > 1:
+        return None
+    labels = []
+    offset = 12
+    length = data[12]
+    if not length:
+        return None  # the root: rare, and not packed by hand
+    while length:
+        if length > 63:
+            return None  # a compression pointer or an extended label type
+        start = offset + 1
+        offset = start + length
+        if offset >= size:
+            return None
+        labels.append(data[start:offset])
+        length = data[offset]
+    offset += 1  # the final zero
+    if offset - 12 > MAX_NAME_WIRE or offset + 4 > size:
+        return None
+    qtype, qclass = _U16X2.unpack_from(data, offset)
+    if qclass != CLASS_IN or qtype == TYPE_OPT or qtype in NOT_IMPLEMENTED_TYPES:
+        return None
+    question = tuple(labels)
+    joined = b".".join(question)
+    if joined.translate(None, _PLAIN) != b"." * (len(question) - 1):
+        return None  # a label byte that needs an escape in text: name_to_text's way
+    offset += 4
+    edns = None
+    if arcount:
+        if offset + 11 > size or data[offset] != 0:
+            return None
+        rtype, payload, ttl, rdlength = _RR_FIXED.unpack_from(data, offset + 1)
+        offset += 11
+        if rtype != TYPE_OPT or ttl & 0xFF0000 or offset + rdlength != size:
+            return None  # not an OPT, version above 0 (BADVERS), or not the end
+        subnet = None
+        while offset < size:
+            if offset + 4 > size:
+                return None
+            code, length = _U16X2.unpack_from(data, offset)
+            offset += 4
+            if offset + length > size:
+                return None
+            if code == ECS_OPTION:
+                if subnet is not None:
+                    return None
+                subnet = _common_subnet(data[offset : offset + length])
+                if subnet is None:
+                    return None
+            offset += length
+        edns = Edns(payload, bool(ttl & DO), 0, subnet)
+    elif offset != size:
+        return None
+    return Query(qid, flags, Question(question, qtype, qclass), joined.lower().decode("ascii") + ".",
+                 _RTYPES.get(qtype), edns)
+
+
+def _common_subnet(option: bytes) -> ClientSubnet | None:
+    """``_read_subnet``'s result for a well-formed option, else ``None``."""
+    if len(option) < 4:
+        return None
+    family, source = option[1] if option[0] == 0 else 0, option[2]
+    address = option[4:]
+    if family == _ECS_V4:
+        bits, cap, full = 32, ECS_MAX_PREFIX_V4, 4
+    elif family == _ECS_V6:
+        bits, cap, full = 128, ECS_MAX_PREFIX_V6, 16
+    else:
+        return None
+    if source > bits or len(address) != (source + 7) >> 3:
+        return None
+    if source & 7 and address[-1] & (0xFF >> (source & 7)):
+        return None
+    used = source if source < cap else cap
+    value = int.from_bytes(address, "big") << ((full - len(address)) << 3)
+    value &= ((1 << bits) - 1) ^ ((1 << (bits - used)) - 1)
+    client_address = IPv4Address(value) if family == _ECS_V4 else IPv6Address(value)
+    return ClientSubnet(family, source, address, Client(client_address, used))
 
 
 def _opcode(flags: int) -> int:

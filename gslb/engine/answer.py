@@ -55,6 +55,14 @@ def answer(
     zone = snapshot.find_zone(qname)
     if zone is None:
         return Answer(Rcode.REFUSED, False, trace=(f"{qname} is in no zone of ours",))
+    service = zone.services.get(qname)
+    if service is not None and not explain and (qtype == RType.A or qtype == RType.AAAA):
+        # the DNS path's common answer, with no trace to write
+        rtype = qtype if isinstance(qtype, RType) else RType(qtype)
+        selection = select(service, rtype, client, snapshot.locator, explain=False)
+        if selection.records:
+            return Answer(Rcode.NOERROR, True, selection.records, scope=selection.scope,
+                          source_scope=selection.source_scope, per_query=selection.per_query)
     trace = [f"zone {zone.apex}"]
     if qtype == RType.ANY:
         return _any(zone, qname, trace)

@@ -23,8 +23,9 @@ from ipaddress import ip_network
 
 from gslb.engine import failover, family, geo, healthy
 from gslb.engine import select as select_step
-from gslb.engine.context import Client, Context, Step
-from gslb.model import AddressData, IPAddress, Record, RType
+from gslb.engine.context import Client, Context, Step, client_bucket
+from gslb.engine.ring import hash_key
+from gslb.model import AddressData, GeoInfo, IPAddress, Record, RType
 from gslb.snapshot import EndpointView, Locator, ServiceView
 
 MEMO_SIZE = 4096  # remembered (type, location) outcomes per service view
@@ -86,29 +87,43 @@ def effective_client(client: Client, locator: Locator | None) -> tuple[Client, s
     )
 
 
-def _prepared(ctx: Context) -> list[EndpointView]:
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A (type, location)'s outcome of every step but the last, and the last step's plan."""
+
+    candidates: list[EndpointView]
+    pool_order: dict[str, tuple[float, ...]]
+    depended: tuple[int, ...]
+    sticky: select_step.StickyPlan | None
+    records: tuple[Record, ...]  # sticky: the address record of each plan member
+
+
+def _prepared(service: ServiceView, qtype: RType, client: Client, locator: Locator | None,
+              geo: GeoInfo | None) -> _Prepared:
     """The candidates after every step but the last, remembered per service view.
 
-    Those steps read of the client only its location (through ``ctx.geo``) and the
-    prefixes they depend on, so their outcome for (type, location) holds for every
-    client there; the last step (the policy) runs per query. Trace-less only.
+    Those steps read of the client only its location (``geo``) and the prefixes they
+    depend on, so their outcome for (type, location) holds for every client there; the
+    last step (the policy) runs per query. Trace-less only.
     """
-    key = (ctx.qtype, ctx.geo)
-    memo = ctx.service.memo
-    found = memo.get(key)
+    key = (qtype, geo)
+    memo = service.memo
+    found: _Prepared | None = memo.get(key)
     if found is None:
-        trial = Context(ctx.service, ctx.qtype, ctx.client, ctx.locator, explain=False)
-        trial._geo = ctx.geo
-        candidates = list(ctx.service.endpoints)
+        trial = Context(service, qtype, client, locator, explain=False)
+        trial._geo = geo
+        candidates = list(service.endpoints)
         for step in DEFAULT_CHAIN[:-1]:
             candidates = step(candidates, trial)
+        plan = select_step.sticky_plan(candidates, service)
+        ttl = service.service.ttl
+        records = () if plan is None else tuple(
+            _address_record(service.name, qtype, ttl, c.endpoint.address) for c in plan.members
+        )
         if len(memo) >= MEMO_SIZE:
             memo.clear()
-        found = memo[key] = (candidates, trial.pool_order, tuple(trial.depended))
-    candidates, ctx.pool_order, depended = found
-    for prefix in depended:
-        ctx.depend(prefix)
-    return candidates
+        found = memo[key] = _Prepared(candidates, trial.pool_order, tuple(trial.depended), plan, records)
+    return found
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -127,15 +142,33 @@ def select(
     """The A or AAAA records a service answers with for ``client``; without ``explain``
     the steps write no trace (the records are the same)."""
     client, note = effective_client(client, locator)
-    ctx = Context(service, qtype, client, locator, explain=explain)
-    if note and explain:
-        ctx.trace.append(note)
-    if explain or chain is not DEFAULT_CHAIN:
+    if not explain and chain is DEFAULT_CHAIN:
+        geo = locator.locate(client.address) if locator is not None else None
+        prepared = _prepared(service, qtype, client, locator, geo)
+        plan = prepared.sticky
+        if plan is not None:  # the common case, without a Context: hash, walk, done
+            bucket, prefix = client_bucket(client)
+            planned = prepared.records
+            depended = (*prepared.depended, prefix)
+            if client.source_prefix is None:
+                return Selection(tuple(planned[i] for i in plan.pick(hash_key(bucket))), 0, (),
+                                 source_scope=max(depended))
+            source = client.source_prefix
+            return Selection(tuple(planned[i] for i in plan.pick(hash_key(bucket))),
+                             max(p if p < source else source for p in depended), ())
+        ctx = Context(service, qtype, client, locator, explain=False)
+        ctx._geo = geo
+        ctx.pool_order = prepared.pool_order
+        for prefix in prepared.depended:
+            ctx.depend(prefix)
+        candidates = chain[-1](prepared.candidates, ctx)
+    else:
+        ctx = Context(service, qtype, client, locator, explain=explain)
+        if note and explain:
+            ctx.trace.append(note)
         candidates = list(service.endpoints)
         for step in chain:
             candidates = step(candidates, ctx)
-    else:
-        candidates = chain[-1](_prepared(ctx), ctx)
     ttl = service.service.ttl
     records = [_address_record(service.name, qtype, ttl, c.endpoint.address) for c in candidates]
     from_ecs = client.source_prefix is not None

@@ -59,6 +59,7 @@ _U16 = struct.Struct("!H")
 _U16X2 = struct.Struct("!HH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _OPT_HEAD = struct.Struct("!BHHIH")  # root name, type, payload size, ttl, rdlength
+_OPT_ECS_HEAD = struct.Struct("!BHHIHHHHBB")  # and an ECS option: code, length, family, prefixes
 
 _RTYPES = {rtype.value: rtype for rtype in RType}
 
@@ -82,7 +83,12 @@ Sections = tuple[tuple[Record, ...], tuple[Record, ...], tuple[Record, ...]]
 """Answer, authority and additional records."""
 
 
-@dataclass(frozen=True, slots=True)
+# The values of one query (Question, ClientSubnet, Edns, Query) are built for every
+# query and only read after: plain slots classes, since a frozen dataclass's checked
+# attribute setting makes each construction about 5 times as costly (BENCHMARKS.md).
+
+
+@dataclass(slots=True)
 class Question:
     """The question as received: labels keep their letter case and bytes."""
 
@@ -91,7 +97,7 @@ class Question:
     qclass: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientSubnet:
     """An EDNS Client Subnet option (RFC 7871) as received, and the client it names."""
 
@@ -101,7 +107,7 @@ class ClientSubnet:
     client: Client  # masked to at most /24 or /56
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Edns:
     payload: int  # the requester's UDP payload size, as advertised
     do: bool
@@ -113,7 +119,7 @@ class Edns:
         return max(MIN_UDP_PAYLOAD, min(self.payload, MAX_UDP_PAYLOAD))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Query:
     """A query the engine can answer."""
 
@@ -489,8 +495,8 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
     records = answer.answer
     if not records or answer.authority or answer.additional:
         return None
-    labels = query.question.labels
-    if not labels or len(b".".join(labels)) > 253:  # dnslib refuses such names: keep its way
+    question = _question_wire(query.question.labels)
+    if question is None:
         return None
     qname = query.qname
     body = []
@@ -498,7 +504,7 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
         data = record.data
         if record.name != qname or not isinstance(data, AddressData):
             return None
-        rdata = data.address.packed
+        rdata = data.packed
         body.append(_ADDRESS_RR.pack(_QUESTION_POINTER, record.rtype, CLASS_IN, record.ttl, len(rdata)))
         body.append(rdata)
     flags = QR | (query.flags & (OPCODE_MASK | RD_FLAG | CD)) | (answer.rcode & 0xF)
@@ -506,9 +512,7 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
         flags |= AA
     edns = query.edns
     opt = _opt(edns, answer.rcode, answer.scope) if edns is not None else b""
-    question = b"".join(bytes((len(label),)) + label for label in labels) + b"\0" + _U16X2.pack(
-        query.question.qtype, query.question.qclass
-    )
+    question += _U16X2.pack(query.question.qtype, query.question.qclass)
     answers = b"".join(body)
     count = len(records)
     if 12 + len(question) + len(answers) + len(opt) > limit:
@@ -516,6 +520,15 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
         answers, count = b"", 0
     header = _HEADER.pack(query.id, flags, 1, count, 0, 1 if opt else 0)
     return header + question + answers + opt
+
+
+@functools.lru_cache(maxsize=4096)
+def _question_wire(labels: tuple[bytes, ...]) -> bytes | None:
+    """A question name's wire form (uncompressed), remembered: a GSLB is asked few names.
+    ``None`` for the root and for names dnslib refuses, which ``pack_reply`` packs."""
+    if not labels or len(b".".join(labels)) > 253:
+        return None
+    return b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
 
 
 def pack_reply(
@@ -592,15 +605,15 @@ def servfail(data: bytes) -> bytes | None:
 def _opt(edns: Edns, rcode: Rcode, scope: int) -> bytes:
     """Our OPT record: version 0, DO echoed, other flags clear; ECS echoed, nothing else."""
     ttl = ((rcode >> 4) & 0xFF) << 24 | (DO if edns.do else 0)
-    options = b""
     subnet = edns.subnet
-    if subnet is not None:
-        body = struct.pack(
-            "!HBB", subnet.family, subnet.source_prefix, min(scope, subnet.source_prefix)
-        )
-        body += subnet.address
-        options = _U16X2.pack(ECS_OPTION, len(body)) + body
-    return _OPT_HEAD.pack(0, TYPE_OPT, MAX_UDP_PAYLOAD, ttl, len(options)) + options
+    if subnet is None:
+        return _OPT_HEAD.pack(0, TYPE_OPT, MAX_UDP_PAYLOAD, ttl, 0)
+    address = subnet.address
+    source = subnet.source_prefix
+    return _OPT_ECS_HEAD.pack(
+        0, TYPE_OPT, MAX_UDP_PAYLOAD, ttl, 8 + len(address), ECS_OPTION, 4 + len(address),
+        subnet.family, source, scope if scope < source else source,
+    ) + address
 
 
 def _pack_record(buffer: DNSBuffer, owner: DNSLabel, record: Record) -> None:

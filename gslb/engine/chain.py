@@ -39,7 +39,7 @@ DEFAULT_CHAIN: tuple[Step, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per query, only read: not frozen (see Answer)
 class Selection:
     records: tuple[Record, ...]
     scope: int  # the ECS scope: bits of the ECS subnet depended on (0 without ECS)

@@ -25,6 +25,7 @@ from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.model import (
     AddressData,
     HINFOData,
+    IPAddress,
     MXData,
     NameData,
     RData,
@@ -233,30 +234,16 @@ def _parse_common(data: bytes) -> Query | None:
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if flags & (QR | OPCODE_MASK) or qdcount != 1 or ancount or nscount or arcount > 1:
         return None
-    labels = []
-    offset = 12
-    length = data[12]
-    if not length:
-        return None  # the root: rare, and not packed by hand
-    while length:
-        if length > 63:
-            return None  # a compression pointer or an extended label type
-        start = offset + 1
-        offset = start + length
-        if offset >= size:
-            return None
-        labels.append(data[start:offset])
-        length = data[offset]
-    offset += 1  # the final zero
-    if offset - 12 > MAX_NAME_WIRE or offset + 4 > size:
+    # A common name holds no zero byte: it ends at the first one after the header.
+    offset = data.find(0, 12) + 1
+    if offset <= 12:
+        return None
+    name = _common_name(data[12:offset])
+    if name is None or offset + 4 > size:
         return None
     qtype, qclass = _U16X2.unpack_from(data, offset)
     if qclass != CLASS_IN or qtype == TYPE_OPT or qtype in NOT_IMPLEMENTED_TYPES:
         return None
-    question = tuple(labels)
-    joined = b".".join(question)
-    if joined.translate(None, _PLAIN) != b"." * (len(question) - 1):
-        return None  # a label byte that needs an escape in text: name_to_text's way
     offset += 4
     edns = None
     if arcount:
@@ -277,37 +264,72 @@ def _parse_common(data: bytes) -> Query | None:
             if code == ECS_OPTION:
                 if subnet is not None:
                     return None
-                subnet = _common_subnet(data[offset : offset + length])
+                subnet = _common_subnet(data, offset, offset + length)
                 if subnet is None:
                     return None
             offset += length
         edns = Edns(payload, bool(ttl & DO), 0, subnet)
     elif offset != size:
         return None
-    return Query(qid, flags, Question(question, qtype, qclass), joined.lower().decode("ascii") + ".",
-                 _RTYPES.get(qtype), edns)
+    return Query(qid, flags, Question(name[0], qtype, qclass), name[1], _RTYPES.get(qtype), edns)
 
 
-def _common_subnet(option: bytes) -> ClientSubnet | None:
-    """``_read_subnet``'s result for a well-formed option, else ``None``."""
-    if len(option) < 4:
+@functools.lru_cache(maxsize=4096)
+def _common_name(wire: bytes) -> tuple[tuple[bytes, ...], str] | None:
+    """The labels and the engine's spelling of a name's wire form (up to its final zero),
+    when it is common: not the root, uncompressed, of plain label bytes. Remembered per
+    spelling: a GSLB is asked few names."""
+    labels = []
+    offset = 0
+    end = len(wire) - 1
+    length = wire[0]
+    if not length or end + 1 > MAX_NAME_WIRE:
+        return None  # the root: rare, and not packed by hand
+    while length:
+        if length > 63:
+            return None  # a compression pointer or an extended label type
+        start = offset + 1
+        offset = start + length
+        if offset > end:
+            return None  # a zero byte inside a label
+        labels.append(wire[start:offset])
+        length = wire[offset]
+    if offset != end:
         return None
-    family, source = option[1] if option[0] == 0 else 0, option[2]
-    address = option[4:]
-    if family == _ECS_V4:
-        bits, cap, full = 32, ECS_MAX_PREFIX_V4, 4
-    elif family == _ECS_V6:
-        bits, cap, full = 128, ECS_MAX_PREFIX_V6, 16
-    else:
+    joined = b".".join(labels)
+    if joined.translate(None, _PLAIN) != b"." * (len(labels) - 1):
+        return None  # a label byte that needs an escape in text: name_to_text's way
+    return tuple(labels), joined.lower().decode("ascii") + "."
+
+
+_V4_MASKS = tuple((0xFFFFFFFF << (32 - used)) & 0xFFFFFFFF for used in range(33))
+_V6_MASKS = tuple(((1 << 128) - 1) ^ ((1 << (128 - used)) - 1) for used in range(129))
+
+
+def _common_subnet(data: bytes, start: int, end: int) -> ClientSubnet | None:
+    """``_read_subnet``'s result for a well-formed option at ``data[start:end]``, else ``None``."""
+    if end - start < 4 or data[start]:
         return None
-    if source > bits or len(address) != (source + 7) >> 3:
+    family, source = data[start + 1], data[start + 2]
+    address = data[start + 4 : end]
+    if len(address) != (source + 7) >> 3:
         return None
     if source & 7 and address[-1] & (0xFF >> (source & 7)):
         return None
-    used = source if source < cap else cap
-    value = int.from_bytes(address, "big") << ((full - len(address)) << 3)
-    value &= ((1 << bits) - 1) ^ ((1 << (bits - used)) - 1)
-    client_address = IPv4Address(value) if family == _ECS_V4 else IPv6Address(value)
+    if family == _ECS_V4:
+        if source > 32:
+            return None
+        used = source if source < ECS_MAX_PREFIX_V4 else ECS_MAX_PREFIX_V4
+        value = int.from_bytes(address, "big") << ((4 - len(address)) << 3)
+        client_address: IPAddress = IPv4Address(value & _V4_MASKS[used])
+    elif family == _ECS_V6:
+        if source > 128:
+            return None
+        used = source if source < ECS_MAX_PREFIX_V6 else ECS_MAX_PREFIX_V6
+        value = int.from_bytes(address, "big") << ((16 - len(address)) << 3)
+        client_address = IPv6Address(value & _V6_MASKS[used])
+    else:
+        return None
     return ClientSubnet(family, source, address, Client(client_address, used))
 
 

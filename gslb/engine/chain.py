@@ -19,7 +19,7 @@ import bisect
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import ip_network
+from ipaddress import IPv4Address, ip_network
 
 from gslb.engine import failover, family, geo, healthy
 from gslb.engine import select as select_step
@@ -68,10 +68,15 @@ for _net in sorted(PRIVATE_NETWORKS, key=lambda n: (n.version, n.network_address
     _PRIVATE_LAST[_net.version].append(int(_net.broadcast_address))
 
 
+_V4_FIRST, _V4_LAST = _PRIVATE_FIRST[4], _PRIVATE_LAST[4]
+_V6_FIRST, _V6_LAST = _PRIVATE_FIRST[6], _PRIVATE_LAST[6]
+
+
 def is_private(address: IPAddress) -> bool:
     value = int(address)
-    i = bisect.bisect_right(_PRIVATE_FIRST[address.version], value) - 1
-    return i >= 0 and value <= _PRIVATE_LAST[address.version][i]
+    first, last = (_V4_FIRST, _V4_LAST) if isinstance(address, IPv4Address) else (_V6_FIRST, _V6_LAST)
+    i = bisect.bisect_right(first, value) - 1
+    return i >= 0 and value <= last[i]
 
 
 def effective_client(client: Client, locator: Locator | None) -> tuple[Client, str | None]:
@@ -96,6 +101,7 @@ class _Prepared:
     depended: tuple[int, ...]
     sticky: select_step.StickyPlan | None
     records: tuple[Record, ...]  # sticky: the address record of each plan member
+    deepest: int  # the largest of ``depended``, 0 when empty
 
 
 def _prepared(service: ServiceView, qtype: RType, client: Client, locator: Locator | None,
@@ -122,7 +128,9 @@ def _prepared(service: ServiceView, qtype: RType, client: Client, locator: Locat
         )
         if len(memo) >= MEMO_SIZE:
             memo.clear()
-        found = memo[key] = _Prepared(candidates, trial.pool_order, tuple(trial.depended), plan, records)
+        found = memo[key] = _Prepared(
+            candidates, trial.pool_order, tuple(trial.depended), plan, records, max(trial.depended, default=0)
+        )
     return found
 
 
@@ -149,13 +157,14 @@ def select(
         if plan is not None:  # the common case, without a Context: hash, walk, done
             bucket, prefix = client_bucket(client)
             planned = prepared.records
-            depended = (*prepared.depended, prefix)
-            if client.source_prefix is None:
-                return Selection(tuple(planned[i] for i in plan.pick(hash_key(bucket))), 0, (),
-                                 source_scope=max(depended))
+            picks = plan.pick(hash_key(bucket))
+            chosen = (planned[picks[0]],) if len(picks) == 1 else tuple(planned[i] for i in picks)
+            # the most specific prefix depended on: max(min(p, source)) = min(max(p), source)
+            deepest = prefix if prefix > prepared.deepest else prepared.deepest
             source = client.source_prefix
-            return Selection(tuple(planned[i] for i in plan.pick(hash_key(bucket))),
-                             max(p if p < source else source for p in depended), ())
+            if source is None:
+                return Selection(chosen, 0, (), source_scope=deepest)
+            return Selection(chosen, deepest if deepest < source else source, ())
         ctx = Context(service, qtype, client, locator, explain=False)
         ctx._geo = geo
         ctx.pool_order = prepared.pool_order

@@ -486,7 +486,13 @@ def pack_answer(query: Query, answer: Answer, tcp: bool) -> bytes:
     the resolver a query, RFC 2181 section 9); when it still does not fit, TC is set
     and every section but the question and OPT is emptied, never a partial RRset.
     """
-    limit = MAX_TCP_MESSAGE if tcp else query.udp_limit
+    edns = query.edns
+    if tcp:
+        limit = MAX_TCP_MESSAGE
+    elif edns is None:
+        limit = MIN_UDP_PAYLOAD
+    else:
+        limit = max(MIN_UDP_PAYLOAD, min(edns.payload, MAX_UDP_PAYLOAD))  # Edns.udp_limit, inline
     fast = _pack_addresses(query, answer, limit)
     if fast is not None:
         return fast

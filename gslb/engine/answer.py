@@ -63,9 +63,9 @@ def answer(
         # the DNS path's common answer, with no trace to write
         rtype = qtype if isinstance(qtype, RType) else RType(qtype)
         selection = select(service, rtype, client, snapshot.locator, explain=False)
-        if selection.records:
-            return Answer(Rcode.NOERROR, True, selection.records, scope=selection.scope,
-                          source_scope=selection.source_scope, per_query=selection.per_query)
+        if selection.records:  # positional: cheaper than keywords, per query
+            return Answer(Rcode.NOERROR, True, selection.records, (), (), selection.scope, (),
+                          selection.source_scope, selection.per_query)
     trace = [f"zone {zone.apex}"]
     if qtype == RType.ANY:
         return _any(zone, qname, trace)

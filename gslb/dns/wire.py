@@ -523,7 +523,8 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
     records = answer.answer
     if not records or answer.authority or answer.additional:
         return None
-    question = _question_wire(query.question.labels)
+    asked = query.question
+    question = _question_wire(asked.labels, asked.qtype, asked.qclass)
     if question is None:
         return None
     qname = query.qname
@@ -540,7 +541,6 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
         flags |= AA
     edns = query.edns
     opt = _opt(edns, answer.rcode, answer.scope) if edns is not None else b""
-    question += _U16X2.pack(query.question.qtype, query.question.qclass)
     answers = b"".join(body)
     count = len(records)
     if 12 + len(question) + len(answers) + len(opt) > limit:
@@ -551,12 +551,13 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _question_wire(labels: tuple[bytes, ...]) -> bytes | None:
-    """A question name's wire form (uncompressed), remembered: a GSLB is asked few names.
+def _question_wire(labels: tuple[bytes, ...], qtype: int, qclass: int) -> bytes | None:
+    """A question's wire form (name uncompressed), remembered: a GSLB is asked few names.
     ``None`` for the root and for names dnslib refuses, which ``pack_reply`` packs."""
     if not labels or len(b".".join(labels)) > 253:
         return None
-    return b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
+    name = b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
+    return name + _U16X2.pack(qtype, qclass)
 
 
 def pack_reply(

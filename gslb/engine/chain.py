@@ -162,9 +162,9 @@ def select(
             # the most specific prefix depended on: max(min(p, source)) = min(max(p), source)
             deepest = prefix if prefix > prepared.deepest else prepared.deepest
             source = client.source_prefix
-            if source is None:
-                return Selection(chosen, 0, (), source_scope=deepest)
-            return Selection(chosen, deepest if deepest < source else source, ())
+            if source is None:  # positional: cheaper than keywords, per query
+                return Selection(chosen, 0, (), deepest, False)
+            return Selection(chosen, deepest if deepest < source else source, (), None, False)
         ctx = Context(service, qtype, client, locator, explain=False)
         ctx._geo = geo
         ctx.pool_order = prepared.pool_order

@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 
 BUNDLED_DATABASE = Path(__file__).resolve().parent.parent / "data" / "gslb-geo.mmdb"
 CACHE_SIZE = 65_536
-# Addresses share a cache entry by bucket when their database network is at least that
-# wide; narrower networks are cached per address.
-IPV4_BUCKET, IPV6_BUCKET = 24, 56
+# Addresses share a cache entry by the widest of these networks that their database
+# network holds (a /8 of unallocated space is one entry, not 65,536 /24s); networks
+# narrower than the last are cached per address.
+IPV4_LEVELS: tuple[int, ...] = (8, 16, 24)
+IPV6_LEVELS: tuple[int, ...] = (16, 32, 48, 56)
 
 _SCHEMAS = ("City", "Country", "Enterprise")  # database_type words of the GeoIP2 layout
 _METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
@@ -68,7 +70,11 @@ class GeoDatabase:
         self._build_epoch: int = metadata.build_epoch
         self._ip_version: int = metadata.ip_version
         self._cache_size = cache_size
-        self._by_bucket: dict[int, GeoInfo] = {}  # key: bucket << 1 | is IPv6
+        # per family, per level: (bits to shift an address by, {network: info})
+        self._by_network: tuple[list[tuple[int, dict[int, GeoInfo]]], ...] = tuple(
+            [(bits - level, {}) for level in levels]
+            for bits, levels in ((32, IPV4_LEVELS), (128, IPV6_LEVELS))
+        )
         self._by_address: dict[int, GeoInfo] = {}  # key: address << 1 | is IPv6
         self._failing = False
 
@@ -117,7 +123,7 @@ class GeoDatabase:
 
     @property
     def cache_entries(self) -> int:
-        return len(self._by_bucket) + len(self._by_address)
+        return sum(len(found) for levels in self._by_network for _, found in levels) + len(self._by_address)
 
     def __str__(self) -> str:
         return f"{self._path} ({self._database_type}, built {self.built:%Y-%m-%d})"
@@ -128,35 +134,45 @@ class GeoDatabase:
     def close(self) -> None:
         """Releases the file. Only for when nothing can call ``locate`` any more."""
         self._reader.close()
-        self._by_bucket.clear()
+        self._clear()
         self._by_address.clear()
 
     def locate(self, address: IPAddress) -> GeoInfo:
         """Where ``address`` is. Never raises: a failing lookup gives a not-found answer."""
         ip = int(address)
         if isinstance(address, IPv4Address):
-            family, bucket_prefix, bucket = 0, IPV4_BUCKET, ip >> 32 - IPV4_BUCKET
+            family, bits = 0, 32
         elif ip >> 32 == 0xFFFF:  # IPv4-mapped, ::ffff:0:0/96
             as_ipv4 = self.locate(IPv4Address(ip & 0xFFFFFFFF))
             return replace(as_ipv4, prefix=as_ipv4.prefix + 96)
         else:
-            family, bucket_prefix, bucket = 1, IPV6_BUCKET, ip >> 128 - IPV6_BUCKET
-        bucket_key, address_key = bucket << 1 | family, ip << 1 | family
-        cached = self._by_bucket.get(bucket_key)
-        if cached is None:
-            cached = self._by_address.get(address_key)
+            family, bits = 1, 128
+        levels = self._by_network[family]
+        for shift, found in levels:
+            cached = found.get(ip >> shift)
+            if cached is not None:
+                return cached
+        address_key = ip << 1 | family
+        cached = self._by_address.get(address_key)
         if cached is not None:
             return cached
         info = self._lookup(address)
         if self._cache_size:
             if self.cache_entries >= self._cache_size:
-                self._by_bucket.clear()
-                self._by_address.clear()
-            if info.prefix <= bucket_prefix:
-                self._by_bucket[bucket_key] = info
+                self._clear()
+            for shift, found in levels:  # the widest level inside the database network
+                if bits - shift >= info.prefix:
+                    found[ip >> shift] = info
+                    break
             else:
                 self._by_address[address_key] = info
         return info
+
+    def _clear(self) -> None:
+        for levels in self._by_network:
+            for _, found in levels:
+                found.clear()
+        self._by_address.clear()
 
     def _lookup(self, address: IPAddress) -> GeoInfo:
         if self._ip_version == 4 and isinstance(address, IPv6Address):

@@ -41,6 +41,11 @@ class AddressData:
     """A or AAAA data."""
 
     address: IPAddress
+    # the address's 4 or 16 octets, once: reading ``address.packed`` per answer costs more
+    packed: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed", self.address.packed)
 
 
 @dataclass(frozen=True, slots=True)

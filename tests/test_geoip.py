@@ -445,3 +445,20 @@ def test_cache_on_the_bundled_database() -> None:
     for address in [a for n in networks for a in ip_network(n)] * 2:
         assert cached.locate(address) == fresh.locate(address)
     assert cached.cache_entries == 7  # every network here is a /24 (/56) or wider: one entry per bucket
+
+
+def test_cache_by_network_answers_as_the_database_over_the_whole_space() -> None:
+    """Entries kept for a /8, /16 or /24 (IPv6: /16 to /56) that the database network holds
+    answer every address in it as a lookup would, and a wide empty network is one entry."""
+    cached, fresh = GeoDatabase.open(BUNDLED_DATABASE), GeoDatabase.open(BUNDLED_DATABASE, cache_size=0)
+    rng = random.Random(7)
+    addresses: list[IPv4Address | IPv6Address] = [IPv4Address(rng.getrandbits(32)) for _ in range(3000)]
+    addresses += [IPv4Address(0x7F000000 | rng.getrandbits(12)) for _ in range(500)]  # 127.0.0-15.x
+    addresses += [IPv6Address(0x20010DB8 << 96 | rng.getrandbits(84)) for _ in range(500)]
+    addresses += [IPv6Address(rng.getrandbits(128)) for _ in range(500)]
+    for address in addresses * 2:
+        assert cached.locate(address) == fresh.locate(address), address
+    entries = cached.cache_entries
+    for _ in range(1000):  # more of 10.0.0.0/8, unknown to the database: no new entry
+        assert not cached.locate(IPv4Address(0x0A000000 | rng.getrandbits(24))).found
+    assert cached.cache_entries <= entries + 1

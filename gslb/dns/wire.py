@@ -25,6 +25,7 @@ from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.model import (
     AddressData,
     HINFOData,
+    IPAddress,
     MXData,
     NameData,
     RData,
@@ -59,6 +60,7 @@ _U16 = struct.Struct("!H")
 _U16X2 = struct.Struct("!HH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _OPT_HEAD = struct.Struct("!BHHIH")  # root name, type, payload size, ttl, rdlength
+_OPT_ECS_HEAD = struct.Struct("!BHHIHHHHBB")  # and an ECS option: code, length, family, prefixes
 
 _RTYPES = {rtype.value: rtype for rtype in RType}
 
@@ -82,7 +84,12 @@ Sections = tuple[tuple[Record, ...], tuple[Record, ...], tuple[Record, ...]]
 """Answer, authority and additional records."""
 
 
-@dataclass(frozen=True, slots=True)
+# The values of one query (Question, ClientSubnet, Edns, Query) are built for every
+# query and only read after: plain slots classes, since a frozen dataclass's checked
+# attribute setting makes each construction about 5 times as costly (BENCHMARKS.md).
+
+
+@dataclass(slots=True)
 class Question:
     """The question as received: labels keep their letter case and bytes."""
 
@@ -91,7 +98,7 @@ class Question:
     qclass: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientSubnet:
     """An EDNS Client Subnet option (RFC 7871) as received, and the client it names."""
 
@@ -101,7 +108,7 @@ class ClientSubnet:
     client: Client  # masked to at most /24 or /56
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Edns:
     payload: int  # the requester's UDP payload size, as advertised
     do: bool
@@ -113,7 +120,7 @@ class Edns:
         return max(MIN_UDP_PAYLOAD, min(self.payload, MAX_UDP_PAYLOAD))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Query:
     """A query the engine can answer."""
 
@@ -162,7 +169,16 @@ def parse_query(data: bytes) -> Query | bytes | None:
     - BADVERS: an OPT record of version above 0 (RFC 6891 section 6.1.3);
     - REFUSED: a question class other than IN. We serve only IN data; CHAOS
       questions such as ``version.bind`` get no special answer.
+
+    What resolvers send is read by a lean reader (``_parse_common``); it declines
+    anything else, which the full parser reads and decides on.
     """
+    common = _parse_common(data)
+    return common if common is not None else _parse_full(data)
+
+
+def _parse_full(data: bytes) -> Query | bytes | None:
+    """``parse_query`` for every datagram, the unusual ones included."""
     if len(data) < 12:
         return None
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
@@ -197,6 +213,124 @@ def parse_query(data: bytes) -> Query | bytes | None:
         rtype=_RTYPES.get(question.qtype),
         edns=edns,
     )
+
+
+_ECS_V4 = 1
+_ECS_V6 = 2
+
+
+def _parse_common(data: bytes) -> Query | None:
+    """The common query, read fast: ``parse_query``'s :class:`Query` for it, or ``None``
+    for anything else, which the full parser then decides on.
+
+    Common is: a QUERY without QR, one question (uncompressed, non-root name of plain
+    label bytes, class IN, a type with no special rule) and nothing else but at most an
+    OPT record of version 0 that holds a well-formed Client Subnet option at most once
+    and any other options (ignored, as the full parser does). What resolvers send.
+    """
+    size = len(data)
+    if size < 17:
+        return None
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if flags & (QR | OPCODE_MASK) or qdcount != 1 or ancount or nscount or arcount > 1:
+        return None
+    # A common name holds no zero byte: it ends at the first one after the header.
+    offset = data.find(0, 12) + 1
+    if offset <= 12:
+        return None
+    name = _common_name(data[12:offset])
+    if name is None or offset + 4 > size:
+        return None
+    qtype, qclass = _U16X2.unpack_from(data, offset)
+    if qclass != CLASS_IN or qtype == TYPE_OPT or qtype in NOT_IMPLEMENTED_TYPES:
+        return None
+    offset += 4
+    edns = None
+    if arcount:
+        if offset + 11 > size or data[offset] != 0:
+            return None
+        rtype, payload, ttl, rdlength = _RR_FIXED.unpack_from(data, offset + 1)
+        offset += 11
+        if rtype != TYPE_OPT or ttl & 0xFF0000 or offset + rdlength != size:
+            return None  # not an OPT, version above 0 (BADVERS), or not the end
+        subnet = None
+        while offset < size:
+            if offset + 4 > size:
+                return None
+            code, length = _U16X2.unpack_from(data, offset)
+            offset += 4
+            if offset + length > size:
+                return None
+            if code == ECS_OPTION:
+                if subnet is not None:
+                    return None
+                subnet = _common_subnet(data, offset, offset + length)
+                if subnet is None:
+                    return None
+            offset += length
+        edns = Edns(payload, bool(ttl & DO), 0, subnet)
+    elif offset != size:
+        return None
+    return Query(qid, flags, Question(name[0], qtype, qclass), name[1], _RTYPES.get(qtype), edns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _common_name(wire: bytes) -> tuple[tuple[bytes, ...], str] | None:
+    """The labels and the engine's spelling of a name's wire form (up to its final zero),
+    when it is common: not the root, uncompressed, of plain label bytes. Remembered per
+    spelling: a GSLB is asked few names."""
+    labels = []
+    offset = 0
+    end = len(wire) - 1
+    length = wire[0]
+    if not length or end + 1 > MAX_NAME_WIRE:
+        return None  # the root: rare, and not packed by hand
+    while length:
+        if length > 63:
+            return None  # a compression pointer or an extended label type
+        start = offset + 1
+        offset = start + length
+        if offset > end:
+            return None  # a zero byte inside a label
+        labels.append(wire[start:offset])
+        length = wire[offset]
+    if offset != end:
+        return None
+    joined = b".".join(labels)
+    if joined.translate(None, _PLAIN) != b"." * (len(labels) - 1):
+        return None  # a label byte that needs an escape in text: name_to_text's way
+    return tuple(labels), joined.lower().decode("ascii") + "."
+
+
+_V4_MASKS = tuple((0xFFFFFFFF << (32 - used)) & 0xFFFFFFFF for used in range(33))
+_V6_MASKS = tuple(((1 << 128) - 1) ^ ((1 << (128 - used)) - 1) for used in range(129))
+
+
+def _common_subnet(data: bytes, start: int, end: int) -> ClientSubnet | None:
+    """``_read_subnet``'s result for a well-formed option at ``data[start:end]``, else ``None``."""
+    if end - start < 4 or data[start]:
+        return None
+    family, source = data[start + 1], data[start + 2]
+    address = data[start + 4 : end]
+    if len(address) != (source + 7) >> 3:
+        return None
+    if source & 7 and address[-1] & (0xFF >> (source & 7)):
+        return None
+    if family == _ECS_V4:
+        if source > 32:
+            return None
+        used = source if source < ECS_MAX_PREFIX_V4 else ECS_MAX_PREFIX_V4
+        value = int.from_bytes(address, "big") << ((4 - len(address)) << 3)
+        client_address: IPAddress = IPv4Address(value & _V4_MASKS[used])
+    elif family == _ECS_V6:
+        if source > 128:
+            return None
+        used = source if source < ECS_MAX_PREFIX_V6 else ECS_MAX_PREFIX_V6
+        value = int.from_bytes(address, "big") << ((16 - len(address)) << 3)
+        client_address = IPv6Address(value & _V6_MASKS[used])
+    else:
+        return None
+    return ClientSubnet(family, source, address, Client(client_address, used))
 
 
 def _opcode(flags: int) -> int:
@@ -352,7 +486,13 @@ def pack_answer(query: Query, answer: Answer, tcp: bool) -> bytes:
     the resolver a query, RFC 2181 section 9); when it still does not fit, TC is set
     and every section but the question and OPT is emptied, never a partial RRset.
     """
-    limit = MAX_TCP_MESSAGE if tcp else query.udp_limit
+    edns = query.edns
+    if tcp:
+        limit = MAX_TCP_MESSAGE
+    elif edns is None:
+        limit = MIN_UDP_PAYLOAD
+    else:
+        limit = max(MIN_UDP_PAYLOAD, min(edns.payload, MAX_UDP_PAYLOAD))  # Edns.udp_limit, inline
     fast = _pack_addresses(query, answer, limit)
     if fast is not None:
         return fast
@@ -383,8 +523,9 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
     records = answer.answer
     if not records or answer.authority or answer.additional:
         return None
-    labels = query.question.labels
-    if not labels or len(b".".join(labels)) > 253:  # dnslib refuses such names: keep its way
+    asked = query.question
+    question = _question_wire(asked.labels, asked.qtype, asked.qclass)
+    if question is None:
         return None
     qname = query.qname
     body = []
@@ -392,7 +533,7 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
         data = record.data
         if record.name != qname or not isinstance(data, AddressData):
             return None
-        rdata = data.address.packed
+        rdata = data.packed
         body.append(_ADDRESS_RR.pack(_QUESTION_POINTER, record.rtype, CLASS_IN, record.ttl, len(rdata)))
         body.append(rdata)
     flags = QR | (query.flags & (OPCODE_MASK | RD_FLAG | CD)) | (answer.rcode & 0xF)
@@ -400,9 +541,6 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
         flags |= AA
     edns = query.edns
     opt = _opt(edns, answer.rcode, answer.scope) if edns is not None else b""
-    question = b"".join(bytes((len(label),)) + label for label in labels) + b"\0" + _U16X2.pack(
-        query.question.qtype, query.question.qclass
-    )
     answers = b"".join(body)
     count = len(records)
     if 12 + len(question) + len(answers) + len(opt) > limit:
@@ -410,6 +548,16 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
         answers, count = b"", 0
     header = _HEADER.pack(query.id, flags, 1, count, 0, 1 if opt else 0)
     return header + question + answers + opt
+
+
+@functools.lru_cache(maxsize=4096)
+def _question_wire(labels: tuple[bytes, ...], qtype: int, qclass: int) -> bytes | None:
+    """A question's wire form (name uncompressed), remembered: a GSLB is asked few names.
+    ``None`` for the root and for names dnslib refuses, which ``pack_reply`` packs."""
+    if not labels or len(b".".join(labels)) > 253:
+        return None
+    name = b"".join(bytes((len(label),)) + label for label in labels) + b"\0"
+    return name + _U16X2.pack(qtype, qclass)
 
 
 def pack_reply(
@@ -486,15 +634,15 @@ def servfail(data: bytes) -> bytes | None:
 def _opt(edns: Edns, rcode: Rcode, scope: int) -> bytes:
     """Our OPT record: version 0, DO echoed, other flags clear; ECS echoed, nothing else."""
     ttl = ((rcode >> 4) & 0xFF) << 24 | (DO if edns.do else 0)
-    options = b""
     subnet = edns.subnet
-    if subnet is not None:
-        body = struct.pack(
-            "!HBB", subnet.family, subnet.source_prefix, min(scope, subnet.source_prefix)
-        )
-        body += subnet.address
-        options = _U16X2.pack(ECS_OPTION, len(body)) + body
-    return _OPT_HEAD.pack(0, TYPE_OPT, MAX_UDP_PAYLOAD, ttl, len(options)) + options
+    if subnet is None:
+        return _OPT_HEAD.pack(0, TYPE_OPT, MAX_UDP_PAYLOAD, ttl, 0)
+    address = subnet.address
+    source = subnet.source_prefix
+    return _OPT_ECS_HEAD.pack(
+        0, TYPE_OPT, MAX_UDP_PAYLOAD, ttl, 8 + len(address), ECS_OPTION, 4 + len(address),
+        subnet.family, source, scope if scope < source else source,
+    ) + address
 
 
 def _pack_record(buffer: DNSBuffer, owner: DNSLabel, record: Record) -> None:

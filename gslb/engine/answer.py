@@ -28,8 +28,11 @@ class Rcode(enum.IntEnum):
     BADVERS = 16  # extended: needs OPT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
+    """What the engine answers. Built for every query and only read after: not frozen,
+    whose checked attribute setting makes a construction about 5 times as costly."""
+
     rcode: Rcode
     authoritative: bool
     answer: tuple[Record, ...] = ()
@@ -58,6 +61,14 @@ def answer(
     zone = snapshot.find_zone(qname)
     if zone is None:
         return Answer(Rcode.REFUSED, False, trace=(f"{qname} is in no zone of ours",))
+    service = zone.services.get(qname)
+    if service is not None and not explain and (qtype == RType.A or qtype == RType.AAAA):
+        # the DNS path's common answer, with no trace to write
+        rtype = qtype if isinstance(qtype, RType) else RType(qtype)
+        selection = select(service, rtype, client, snapshot.locator, explain=False)
+        if selection.records:  # positional: cheaper than keywords, per query
+            return Answer(Rcode.NOERROR, True, selection.records, (), (), selection.scope, (),
+                          selection.source_scope, selection.per_query, qname, selection.chosen)
     trace = [f"zone {zone.apex}"]
     if qtype == RType.ANY:
         return _any(zone, qname, trace)

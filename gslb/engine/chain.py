@@ -19,12 +19,13 @@ import bisect
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import ip_network
+from ipaddress import IPv4Address, ip_network
 
 from gslb.engine import failover, family, geo, healthy
 from gslb.engine import select as select_step
-from gslb.engine.context import Client, Context, Step
-from gslb.model import AddressData, IPAddress, Record, RType
+from gslb.engine.context import Client, Context, Step, client_bucket
+from gslb.engine.ring import hash_key
+from gslb.model import AddressData, GeoInfo, IPAddress, Record, RType
 from gslb.snapshot import EndpointView, Locator, ServiceView
 
 MEMO_SIZE = 4096  # remembered (type, location) outcomes per service view
@@ -38,7 +39,7 @@ DEFAULT_CHAIN: tuple[Step, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per query, only read: not frozen (see Answer)
 class Selection:
     records: tuple[Record, ...]
     scope: int  # the ECS scope: bits of the ECS subnet depended on (0 without ECS)
@@ -68,10 +69,15 @@ for _net in sorted(PRIVATE_NETWORKS, key=lambda n: (n.version, n.network_address
     _PRIVATE_LAST[_net.version].append(int(_net.broadcast_address))
 
 
+_V4_FIRST, _V4_LAST = _PRIVATE_FIRST[4], _PRIVATE_LAST[4]
+_V6_FIRST, _V6_LAST = _PRIVATE_FIRST[6], _PRIVATE_LAST[6]
+
+
 def is_private(address: IPAddress) -> bool:
     value = int(address)
-    i = bisect.bisect_right(_PRIVATE_FIRST[address.version], value) - 1
-    return i >= 0 and value <= _PRIVATE_LAST[address.version][i]
+    first, last = (_V4_FIRST, _V4_LAST) if isinstance(address, IPv4Address) else (_V6_FIRST, _V6_LAST)
+    i = bisect.bisect_right(first, value) - 1
+    return i >= 0 and value <= last[i]
 
 
 def effective_client(client: Client, locator: Locator | None) -> tuple[Client, str | None]:
@@ -87,29 +93,46 @@ def effective_client(client: Client, locator: Locator | None) -> tuple[Client, s
     )
 
 
-def _prepared(ctx: Context) -> list[EndpointView]:
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A (type, location)'s outcome of every step but the last, and the last step's plan."""
+
+    candidates: list[EndpointView]
+    pool_order: dict[str, tuple[float, ...]]
+    depended: tuple[int, ...]
+    sticky: select_step.StickyPlan | None
+    records: tuple[Record, ...]  # sticky: the address record of each plan member
+    deepest: int  # the largest of ``depended``, 0 when empty
+
+
+def _prepared(service: ServiceView, qtype: RType, client: Client, locator: Locator | None,
+              geo: GeoInfo | None) -> _Prepared:
     """The candidates after every step but the last, remembered per service view.
 
-    Those steps read of the client only its location (through ``ctx.geo``) and the
-    prefixes they depend on, so their outcome for (type, location) holds for every
-    client there; the last step (the policy) runs per query. Trace-less only.
+    Those steps read of the client only its location (``geo``) and the prefixes they
+    depend on, so their outcome for (type, location) holds for every client there; the
+    last step (the policy) runs per query. Trace-less only.
     """
-    key = (ctx.qtype, ctx.geo)
-    memo = ctx.service.memo
-    found = memo.get(key)
+    key = (qtype is RType.AAAA, geo)  # a bool hashes faster than an enum member
+    memo = service.memo
+    found: _Prepared | None = memo.get(key)
     if found is None:
-        trial = Context(ctx.service, ctx.qtype, ctx.client, ctx.locator, explain=False)
-        trial._geo = ctx.geo
-        candidates = list(ctx.service.endpoints)
+        trial = Context(service, qtype, client, locator, explain=False)
+        trial._geo = geo
+        candidates = list(service.endpoints)
         for step in DEFAULT_CHAIN[:-1]:
             candidates = step(candidates, trial)
+        plan = select_step.sticky_plan(candidates, service)
+        ttl = service.service.ttl
+        records = () if plan is None else tuple(
+            _address_record(service.name, qtype, ttl, c.endpoint.address) for c in plan.members
+        )
         if len(memo) >= MEMO_SIZE:
             memo.clear()
-        found = memo[key] = (candidates, trial.pool_order, tuple(trial.depended))
-    candidates, ctx.pool_order, depended = found
-    for prefix in depended:
-        ctx.depend(prefix)
-    return candidates
+        found = memo[key] = _Prepared(
+            candidates, trial.pool_order, tuple(trial.depended), plan, records, max(trial.depended, default=0)
+        )
+    return found
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -128,15 +151,42 @@ def select(
     """The A or AAAA records a service answers with for ``client``; without ``explain``
     the steps write no trace (the records are the same)."""
     client, note = effective_client(client, locator)
-    ctx = Context(service, qtype, client, locator, explain=explain)
-    if note and explain:
-        ctx.trace.append(note)
-    if explain or chain is not DEFAULT_CHAIN:
+    if not explain and chain is DEFAULT_CHAIN:
+        geo = locator.locate(client.address) if locator is not None else None
+        prepared = _prepared(service, qtype, client, locator, geo)
+        plan = prepared.sticky
+        if plan is not None:  # the common case, without a Context: hash, walk, done
+            bucket, prefix = client_bucket(client)
+            planned = prepared.records
+            picks = plan.pick(hash_key(bucket))
+            members = plan.members
+            views: tuple[EndpointView, ...]
+            chosen: tuple[Record, ...]
+            if len(picks) == 1:
+                chosen, views = (planned[picks[0]],), (members[picks[0]],)
+            else:
+                chosen = tuple(planned[i] for i in picks)
+                views = tuple(members[i] for i in picks)
+            # the most specific prefix depended on: max(min(p, source)) = min(max(p), source)
+            deepest = prefix if prefix > prepared.deepest else prepared.deepest
+            source = client.source_prefix
+            if source is None:  # positional: cheaper than keywords, per query
+                return Selection(chosen, 0, (), deepest, False, views)
+            return Selection(chosen, deepest if deepest < source else source, (), None, False,
+                             views)
+        ctx = Context(service, qtype, client, locator, explain=False)
+        ctx._geo = geo
+        ctx.pool_order = prepared.pool_order
+        for prefix in prepared.depended:
+            ctx.depend(prefix)
+        candidates = chain[-1](prepared.candidates, ctx)
+    else:
+        ctx = Context(service, qtype, client, locator, explain=explain)
+        if note and explain:
+            ctx.trace.append(note)
         candidates = list(service.endpoints)
         for step in chain:
             candidates = step(candidates, ctx)
-    else:
-        candidates = chain[-1](_prepared(ctx), ctx)
     ttl = service.service.ttl
     records = [_address_record(service.name, qtype, ttl, c.endpoint.address) for c in candidates]
     from_ecs = client.source_prefix is not None

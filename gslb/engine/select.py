@@ -23,13 +23,15 @@ when no candidate has a weight.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from gslb.engine.context import Context, client_bucket, member_id
 from gslb.engine.ring import Ring, hash_key, make_ring
 from gslb.model import Policy
-from gslb.snapshot import EndpointView
+from gslb.snapshot import EndpointView, ServiceView
 
 
 def member_weights(candidates: Sequence[EndpointView]) -> list[float]:
@@ -45,12 +47,16 @@ def member_weights(candidates: Sequence[EndpointView]) -> list[float]:
 
 
 def _ring(members: list[tuple[EndpointView, float]], ctx: Context) -> Ring:
+    return _view_ring(members, ctx.service)
+
+
+def _view_ring(members: list[tuple[EndpointView, float]], service: ServiceView) -> Ring:
     # Remembered on the service view by its endpoint views' identities: they live as long
     # as the view, and a ring's key of member names costs more to build than a lookup.
     key = ("ring", *[id(c) for c, _ in members])
-    ring: Ring | None = ctx.service.memo.get(key)
+    ring: Ring | None = service.memo.get(key)
     if ring is None:
-        ring = ctx.service.memo[key] = make_ring(tuple((member_id(c), w) for c, w in members))
+        ring = service.memo[key] = make_ring(tuple((member_id(c), w) for c, w in members))
     return ring
 
 
@@ -118,6 +124,69 @@ POLICIES: dict[Policy, Callable[[list[tuple[EndpointView, float]], Context], Ite
     Policy.FASTEST: fastest,
     Policy.FILL: fill,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class StickyPlan:
+    """What ``step`` under ``sticky`` needs besides the client, for one set of candidates.
+
+    Built once per service view, type and client location (the chain remembers it), so
+    a query only hashes its subnet and walks the ring: ``pick`` gives the indices into
+    ``members`` that ``step`` would pick, in its order.
+    """
+
+    members: tuple[EndpointView, ...]
+    ring: Ring
+    open_: tuple[bool, ...]  # below its cap: the walk skips the others while any is open
+    any_open: bool
+    distinct: bool  # no address is held twice: no need to count an address once
+    answers: int
+
+    def pick(self, key: int) -> list[int]:
+        answers, open_, any_open = self.answers, self.open_, self.any_open
+        ring = self.ring
+        if answers == 1:  # the first owner clockwise, when it may take the client
+            points = ring.points
+            first = ring.owners[bisect.bisect_right(points, key) % len(points)]
+            if not any_open or open_[first]:
+                return [first]
+        picked: list[int] = []
+        if self.distinct:
+            for i in ring.walk(key):
+                if not any_open or open_[i]:
+                    picked.append(i)
+                    if len(picked) == answers:
+                        break
+            return picked
+        seen = set()
+        for i in self.ring.walk(key):
+            address = self.members[i].endpoint.address
+            if (not any_open or open_[i]) and address not in seen:
+                seen.add(address)
+                picked.append(i)
+                if len(picked) == answers:
+                    break
+        return picked
+
+
+def sticky_plan(candidates: list[EndpointView], service: ServiceView) -> StickyPlan | None:
+    """The plan for ``candidates`` when ``step`` would walk the sticky ring; else ``None``
+    (another policy, or no choice to make)."""
+    if service.service.policy is not Policy.STICKY:
+        return None
+    members = [(c, w) for c, w in zip(candidates, member_weights(candidates), strict=True) if w > 0]
+    if len(members) <= 1:
+        return None
+    views = tuple(c for c, _ in members)
+    open_ = tuple(not _full(c) for c in views)
+    return StickyPlan(
+        members=views,
+        ring=_view_ring(members, service),
+        open_=open_,
+        any_open=any(open_),
+        distinct=len({c.endpoint.address for c in views}) == len(views),
+        answers=service.service.answers,
+    )
 
 
 def step(candidates: list[EndpointView], ctx: Context) -> list[EndpointView]:

@@ -1,10 +1,11 @@
 """How soon a change reaches DNS answers while the response cache is hot.
 
-    .venv/bin/python benchmarks/freshness.py [--changes 200]
+    .venv/bin/python benchmarks/freshness.py [--changes 200] [--services 1000] [--baseline DIR]
 
-Starts ``gslb serve`` on free loopback ports with a one-service zone, keeps asking the
-service's A record (so its answer is cached), and makes ``--changes`` changes of each
-kind through the HTTP API:
+Starts ``gslb serve`` on free loopback ports with a one-service zone (``--services N``:
+and N - 1 more services of 10 endpoints in three pools, as ``scale.py`` has them), keeps
+asking the service's A record (so its answer is cached), and makes ``--changes`` changes
+of each kind through the HTTP API:
 
 - registration: ``POST /register`` and ``POST /deregister`` of one endpoint, in turn;
 - health: ``POST /heartbeat`` with ``draining`` and ``alive``, in turn (an endpoint that
@@ -13,18 +14,21 @@ kind through the HTTP API:
 For each change it measures the time from sending the request to the first DNS answer
 that shows it, and counts the queries answered with the old state after the API had
 replied (0 means the very next answer was fresh). Prints p50, p99 and max. Bounded: at
-most 2 s of polling per change.
+most 2 s of polling per change. ``--baseline DIR`` measures the same with the ``gslb``
+package of another checkout in DIR afterwards, for a comparison in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,6 +50,16 @@ services:
     pools:
       one: {endpoints: [192.0.2.1]}
 """
+
+
+def zone_text(services: int) -> str:
+    """The benchmark's zone with ``services - 1`` more services besides ``fresh``."""
+    from scale import zone_text as filler  # the same services as the scale benchmark
+
+    if services <= 1:
+        return ZONE
+    more = filler(services - 1).split("services:\n", 1)[1]
+    return ZONE + more
 
 
 def post(api: int, path: str, body: dict[str, object]) -> None:
@@ -86,18 +100,18 @@ def report(kind: str, figures: list[tuple[float, int]]) -> str:
             f"{times[-1]:.2f} | {stale} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--changes", type=int, default=200, help="changes of each kind (200)")
-    args = parser.parse_args()
+def measure_all(changes: int, services: int, baseline: Path | None) -> tuple[str, str]:
     with tempfile.TemporaryDirectory(prefix="gslb-fresh-") as tmp:
         zones = Path(tmp) / "zones"
         zones.mkdir()
-        (zones / "bench.yaml").write_text(ZONE)
+        (zones / "bench.yaml").write_text(zone_text(services).replace("scale.example", "bench.example"))
+        env = dict(os.environ)
+        if baseline is not None:
+            env["PYTHONPATH"] = str(baseline)
         server = subprocess.Popen(
             [sys.executable, "-m", "gslb", "serve", "--zones", str(zones), "--dns", "127.0.0.1:0",
              "--api", "127.0.0.1:0", "--state", str(Path(tmp) / "state.sqlite"), "--geoip", "none"],
-            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            stderr=subprocess.PIPE, text=True, cwd=ROOT if baseline is None else baseline, env=env,
         )
         try:
             dns_port = api_port = 0
@@ -108,15 +122,17 @@ def main() -> None:
                 if match := re.search(r"api listening on http://127\.0\.0\.1:(\d+)", line):
                     api_port = int(match.group(1))
                     break
+            drain = threading.Thread(target=server.stderr.read, daemon=True)
+            drain.start()  # keep reading its log, or a full pipe would stall the server
             endpoint = {"service": SERVICE, "pool": "one", "address": ADDRESS}
             registration = []
-            for i in range(args.changes):
+            for i in range(changes):
                 path = "/register" if i % 2 == 0 else "/deregister"
                 registration.append(
                     measure(dns_port, lambda p=path: post(api_port, p, endpoint), path == "/register"))  # type: ignore[misc]
             post(api_port, "/register", {**endpoint, "heartbeat_timeout": 600})
             health = []
-            for i in range(args.changes):
+            for i in range(changes):
                 status = "draining" if i % 2 == 0 else "alive"
                 health.append(measure(
                     dns_port, lambda s=status: post(api_port, "/heartbeat", {**endpoint, "status": s}),  # type: ignore[misc]
@@ -125,12 +141,25 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=10)
-    print("From sending the API request to the first DNS answer that shows the change (ms);")
-    print("stale: answers with the old state after the API had replied.\n")
-    print("| change | count | p50 ms | p99 ms | max ms | stale answers |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(report("register / deregister", registration))
-    print(report("heartbeat draining / alive", health))
+    return report("register / deregister", registration), report("heartbeat draining / alive", health)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--changes", type=int, default=200, help="changes of each kind (200)")
+    parser.add_argument("--services", type=int, default=1, help="services in the zone (1)")
+    parser.add_argument("--baseline", type=Path,
+                        help="also measure with the gslb package found in this directory")
+    args = parser.parse_args()
+    runs = [("this", None)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
+    rows = [(label, measure_all(args.changes, args.services, where)) for label, where in runs]
+    print(f"{args.services:,} services. From sending the API request to the first DNS answer")
+    print("that shows the change (ms); stale: answers with the old state after the API had replied.\n")
+    print("| gslb | change | count | p50 ms | p99 ms | max ms | stale answers |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, lines in rows:
+        for line in lines:
+            print(f"| {label} {line}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # when an endpoint sends heartbeats without re
 HISTORY = 20  # transitions kept per endpoint
 Key = tuple[IPAddress, int | None]
 API_SOURCE = "api"  # the source of services made by PUT /services/{name}
+FRESH = Health()  # of every endpoint nothing is known of yet: one shared value, not 10,000
 
 
 @dataclasses.dataclass(slots=True)
@@ -626,7 +627,7 @@ class Registry:
 
     def _current(self, ref: EndpointRef) -> Health:
         """The endpoint's health with its admin state applied."""
-        health = self._health.get(ref, Health())
+        health = self._health.get(ref, FRESH)
         admin = self._admin.get(ref, AdminState.ENABLED)
         return health if health.admin is admin else dataclasses.replace(health, admin=admin)
 
@@ -790,13 +791,17 @@ class Registry:
         pools = []
         views = []
         for pool in service.pools:
-            endpoints = tuple(self._endpoints(service, pool.name).values())
-            full = dataclasses.replace(pool, endpoints=endpoints)
+            if (service.name, pool.name) in self._registered:
+                endpoints = tuple(self._endpoints(service, pool.name).values())
+                full = dataclasses.replace(pool, endpoints=endpoints)
+            else:  # the zone file's pool as it is: no second copy of its endpoints
+                full, endpoints = pool, pool.endpoints
             pools.append(full)
             for endpoint in endpoints:
                 ref = EndpointRef(service.name, pool.name, endpoint.address, endpoint.port)
                 views.append(EndpointView(full, endpoint, self._current(ref)))
-        full_service = dataclasses.replace(service, pools=tuple(pools))
+        changed = any(a is not b for a, b in zip(pools, service.pools, strict=True))
+        full_service = dataclasses.replace(service, pools=tuple(pools)) if changed else service
         good = frozenset(
             (v.pool.name, v.endpoint.address, v.endpoint.port)
             for v in views if v.health.serving and v.health.confirmed

@@ -48,7 +48,7 @@ services:
     policy: fill
     check: {type: none}
     pools:
-      one: {endpoints: [192.0.2.1]}
+      one: {endpoints: [192.0.2.1], allow: [192.0.2.0/24]}
 """
 
 

@@ -15,6 +15,10 @@ process so that its memory is its own, prints:
   from the response cache, and the first pass after a change to one service (the
   change empties the response cache; every service answers from its engine again).
 
+For instruction counts (noise-free on a shared machine), ``--size N --register K`` only
+loads N services and makes K registrations; run it under callgrind with K = 0 and with
+K = 200 (and ``PYTHONHASHSEED=0``): the difference over K is one registration's cost.
+
 ``--baseline DIR`` runs the same sizes with the ``gslb`` package of another checkout
 (say ``git archive`` of an older commit unpacked in DIR) right after each size, so the
 two rows compare in one run. Bounded: 20,000 queries per pass, 80 changes per size.
@@ -131,6 +135,20 @@ def one_size(services: int) -> str:
             f"{first_us:.1f} | {cold_us:.1f} | {hot_us:.2f} | {after_change_us:.1f} |")
 
 
+def registrations(services: int, count: int) -> None:
+    """Load ``services`` services and make ``count`` registrations: nothing else."""
+    from gslb.config import load_zone_text
+    from gslb.model import Endpoint
+    from gslb.registry import Registry
+
+    logging.disable(logging.WARNING)
+    registry = Registry()
+    registry.load_zones([load_zone_text(zone_text(services), "scale.yaml")])
+    for i in range(count):
+        registry.register(f"s{i * 7919 % services}.scale.example", "eu",
+                          Endpoint(IPv4Address(0x0AFF0000 + i)))
+
+
 def _ms(figures: list[float]) -> str:
     return f"{statistics.median(figures):.2f} / {max(figures):.2f}"
 
@@ -140,7 +158,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="run one size in this process")
     parser.add_argument("--baseline", type=Path,
                         help="also run each size with the gslb package found in this directory")
+    parser.add_argument("--register", type=int,
+                        help="with --size: only load and make this many registrations")
     args = parser.parse_args()
+    if args.size and args.register is not None:
+        registrations(args.size, args.register)
+        return
     if args.size:
         print(one_size(args.size))
         return

@@ -1,9 +1,10 @@
 """How soon a change reaches DNS answers while the response cache is hot.
 
-    .venv/bin/python benchmarks/freshness.py [--changes 200] [--workers 0,2]
+    .venv/bin/python benchmarks/freshness.py [--changes 200] [--workers 0,2] [--services 1]
 
-Starts ``gslb serve`` on free loopback ports with a one-service zone (once per
-``--workers`` count: 0 is DNS in the one process), keeps asking the service's A record
+Starts ``gslb serve`` on free loopback ports with a one-service zone (``--services N``:
+and N - 1 more services of 10 endpoints in three pools, as ``scale.py`` has them; once
+per ``--workers`` count: 0 is DNS in the one process), keeps asking the service's A record
 from 16 client sockets (so its answer is cached; with workers, the kernel maps each
 socket's source port to one worker, so the 16 reach every worker but with odds of
 2^-15), and makes ``--changes`` changes of each kind through the HTTP API:
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -50,6 +52,16 @@ services:
     pools:
       one: {allow: [192.0.2.0/24], endpoints: [192.0.2.1]}
 """
+
+
+def zone_text(services: int) -> str:
+    """The benchmark's zone with ``services - 1`` more services besides ``fresh``."""
+    from scale import zone_text as filler  # the same services as the scale benchmark
+
+    if services <= 1:
+        return ZONE
+    more = filler(services - 1).split("services:\n", 1)[1]
+    return ZONE + more
 
 
 def post(api: int, path: str, body: dict[str, object]) -> None:
@@ -97,11 +109,12 @@ def report(kind: str, workers: int, figures: list[tuple[float, int]]) -> str:
             f"{p99:.2f} | {times[-1]:.2f} | {stale} |")
 
 
-def run(workers: int, changes: int) -> list[str]:
+def run(workers: int, changes: int, services: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="gslb-fresh-") as tmp:
         zones = Path(tmp) / "zones"
         zones.mkdir()
-        (zones / "bench.yaml").write_text(ZONE)
+        (zones / "bench.yaml").write_text(
+            zone_text(services).replace("scale.example", "bench.example"))
         server = subprocess.Popen(
             [sys.executable, "-m", "gslb", "serve", "--zones", str(zones), "--dns", "127.0.0.1:0",
              "--api", "127.0.0.1:0", "--state", str(Path(tmp) / "state.sqlite"), "--geoip", "none",
@@ -118,6 +131,8 @@ def run(workers: int, changes: int) -> list[str]:
                 if match := re.search(r"api listening on http://127\.0\.0\.1:(\d+)", line):
                     api_port = int(match.group(1))
                     break
+            drain = threading.Thread(target=server.stderr.read, daemon=True)
+            drain.start()  # keep reading its log, or a full pipe would stall the server
             for _ in range(CLIENTS):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sock.bind(("127.0.0.1", 0))
@@ -151,12 +166,13 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=200, help="changes of each kind (200)")
     parser.add_argument("--workers", default="0,2",
                         help="comma-separated --workers counts to run, one after the other (0,2)")
+    parser.add_argument("--services", type=int, default=1, help="services in the zone (1)")
     args = parser.parse_args()
     rows = []
     for workers in (int(n) for n in args.workers.split(",")):
-        rows += run(workers, args.changes)
-    print(f"From sending the API request until all {CLIENTS} client sockets had a DNS answer "
-          "that shows the change (ms);")
+        rows += run(workers, args.changes, args.services)
+    print(f"{args.services:,} services. From sending the API request until all {CLIENTS} "
+          "client sockets had a DNS answer that shows the change (ms);")
     print("stale: answers with the old state after the API had replied.\n")
     print("| change | workers | count | p50 ms | p99 ms | max ms | stale answers |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -5,6 +5,13 @@ methods below, from any thread; each change bumps ``generation`` and publishes a
 immutable ``Snapshot``. Readers (the DNS path) take ``registry.snapshot`` without a
 lock: swapping one attribute is atomic.
 
+A change rebuilds only the views it touched: every method that changes what a service's
+view is made of (its definition, registrations, health, admin states) marks the service
+with ``_touch``, and ``_publish`` rebuilds the marked services' views and their zones'
+views, sharing everything else with the previous snapshot. An untouched service keeps
+its very ``ServiceView`` object, and so the answer engine's working values in its
+``memo``. Global changes (another GeoIP database) rebuild everything.
+
 A zone's SOA serial increases when its configuration, registrations, API-made services
 or admin states change, not on health changes: answers then are short-lived and the
 serial would churn needlessly.
@@ -61,6 +68,7 @@ DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # when an endpoint sends heartbeats without re
 HISTORY = 20  # transitions kept per endpoint
 Key = tuple[IPAddress, int | None]
 API_SOURCE = "api"  # the source of services made by PUT /services/{name}
+FRESH = Health()  # of every endpoint nothing is known of yet: one shared value, not 10,000
 
 
 class CheckNote(NamedTuple):
@@ -129,6 +137,11 @@ class Registry:
         self._beats: dict[EndpointRef, float] = {}  # time of the last heartbeat applied
         self._verdict_listeners: list[Callable[[], None]] = []
         self.health_quorum = 0  # down votes that take an endpoint down; 0: a majority
+        # what the next _publish must rebuild (see the module docstring):
+        self._views: dict[str, ServiceView] = {}  # the published view of each served service
+        self._dirty: set[str] = set()  # services whose views are out of date
+        self._restructured: set[str] = set()  # zones that gained or lost services
+        self._rebuild_all = True
         self.generation = 0
         self.snapshot = Snapshot()
         if store is not None:
@@ -154,8 +167,8 @@ class Registry:
     def load_zones(self, zones: Iterable[Zone]) -> None:
         """Replace the configured zones. Registrations stay (and reappear with their service)."""
         with self._lock:
-            new = {zone.apex: zone for zone in zones}
-            changed = [apex for apex, zone in new.items() if self._zones.get(apex) != zone]
+            new = {zone.apex: _reuse(self._zones.get(zone.apex), zone) for zone in zones}
+            changed = [apex for apex, zone in new.items() if self._zones.get(apex) is not zone]
             self._zones = new
             self._reindex()
             for apex in changed:
@@ -214,6 +227,7 @@ class Registry:
                 self._store.delete_service(full)
             apex = self._services.get(full, (None, None))[0]
             service, _ = self._api_services.pop(full)
+            self._touch(full)  # a zone file's service of that name loses them too
             for key in [key for key in self._registered if key[0] == full]:
                 del self._registered[key]
             for table in (self._admin, self._lease_until, self._history):
@@ -271,6 +285,7 @@ class Registry:
                 if self._store is not None:
                     self._store.save_registration(Registration(svc.name, pool, endpoint))
                 self._registered.setdefault((svc.name, pool), {})[endpoint.key] = endpoint
+                self._touch(svc.name)
                 self._bump_serial(self._zone_of(svc.name))
                 self._publish()
             ref = EndpointRef(svc.name, pool, endpoint.address, endpoint.port)
@@ -331,6 +346,7 @@ class Registry:
                     self._admin.pop(ref, None)
                 else:
                     self._admin[ref] = state
+                self._touch(ref.service)
                 self._bump_serial(self._zone_of(svc.name))
                 new = dataclasses.replace(old, admin=state)
                 if new.state != old.state:
@@ -486,10 +502,12 @@ class Registry:
         old = self._current(ref)
         if old.rtt is None:
             self._health[ref] = dataclasses.replace(old, rtt=rtt)
+            self._touch(ref.service)
             return True if self._fastest(ref) else None
         if abs(rtt - old.rtt) < max(RTT_CHANGE * old.rtt, RTT_FLOOR) or not self._fastest(ref):
             return False
         self._health[ref] = dataclasses.replace(old, rtt=rtt)
+        self._touch(ref.service)
         return True
 
     def _fastest(self, ref: EndpointRef) -> bool:
@@ -500,6 +518,7 @@ class Registry:
         """Use another GeoIP database for answers from now on."""
         with self._lock:
             self._locator = locator
+            self._rebuild_all = True  # answers are computed anew: start every view afresh
             self._publish()
 
     def transition_counts(self) -> dict[str, int]:
@@ -624,6 +643,9 @@ class Registry:
                 self._lease_until.pop(ref, None)
             elif old is None or old.lease != endpoint.lease:
                 self._lease_until[ref] = now + endpoint.lease
+        for key in adopted.keys() | self._registered.keys():
+            if adopted.get(key) != self._registered.get(key):
+                self._touch(key[0])
         for ref in before.keys() - after.keys():
             tables: tuple[dict[EndpointRef, Any], ...] = (
                 self._health, self._last_heartbeat, self._checks, self._lease_until,
@@ -641,6 +663,7 @@ class Registry:
             old = self._current(ref)
             state = admin.get(ref, AdminState.ENABLED)
             if old.admin is not state:
+                self._touch(ref.service)
                 self._note_change(ref, old, dataclasses.replace(old, admin=state),
                                   f"admin state {state.value} (through another instance)")
         self._admin = dict(admin)
@@ -683,7 +706,7 @@ class Registry:
 
     def _current(self, ref: EndpointRef) -> Health:
         """The endpoint's health with its admin state applied."""
-        health = self._health.get(ref, Health())
+        health = self._health.get(ref, FRESH)
         admin = self._admin.get(ref, AdminState.ENABLED)
         return health if health.admin is admin else dataclasses.replace(health, admin=admin)
 
@@ -699,6 +722,7 @@ class Registry:
         if new == old:
             return False
         self._health[ref] = new
+        self._touch(ref.service)
         return True
 
     def _note_change(self, ref: EndpointRef, old: Health, new: Health, reason: str) -> None:
@@ -718,6 +742,7 @@ class Registry:
         if self._store is not None:
             self._store.delete_registration(ref)
         del self._registered[(ref.service, ref.pool)][(ref.address, ref.port)]
+        self._touch(ref.service)
         tables: tuple[dict[EndpointRef, Any], ...] = (
             self._health, self._last_heartbeat, self._checks, self._lease_until, self._history,
             *self._shared_tables())
@@ -762,6 +787,13 @@ class Registry:
                             self._zones[holder].source or holder)
             else:
                 services[name] = (holder, api_service)
+        for name in services.keys() | self._services.keys():
+            old, new = self._services.get(name), services.get(name)
+            if old is None or new is None or old[0] != new[0]:
+                self._restructured.update(found[0] for found in (old, new) if found is not None)
+                self._touch(name)
+            elif old[1] is not new[1]:
+                self._touch(name)
         self._services = services
         self._configured = {
             (name, pool.name): frozenset(endpoint.key for endpoint in pool.endpoints)
@@ -851,13 +883,17 @@ class Registry:
         pools = []
         views = []
         for pool in service.pools:
-            endpoints = tuple(self._endpoints(service, pool.name).values())
-            full = dataclasses.replace(pool, endpoints=endpoints)
+            if (service.name, pool.name) in self._registered:
+                endpoints = tuple(self._endpoints(service, pool.name).values())
+                full = dataclasses.replace(pool, endpoints=endpoints)
+            else:  # the zone file's pool as it is: no second copy of its endpoints
+                full, endpoints = pool, pool.endpoints
             pools.append(full)
             for endpoint in endpoints:
                 ref = EndpointRef(service.name, pool.name, endpoint.address, endpoint.port)
                 views.append(EndpointView(full, endpoint, self._current(ref)))
-        full_service = dataclasses.replace(service, pools=tuple(pools))
+        changed = any(a is not b for a, b in zip(pools, service.pools, strict=True))
+        full_service = dataclasses.replace(service, pools=tuple(pools)) if changed else service
         good = frozenset(
             (v.pool.name, v.endpoint.address, v.endpoint.port)
             for v in views if v.health.serving and v.health.confirmed
@@ -875,19 +911,67 @@ class Registry:
                 log.warning("service %s has serving endpoints again", service.name)
         return ServiceView(full_service, tuple(views), self._last_good.get(service.name, frozenset()))
 
+    def _touch(self, service: str) -> None:
+        """Mark a service whose view the next snapshot must rebuild."""
+        self._dirty.add(service)
+
     def _publish(self) -> None:
-        by_zone: dict[str, dict[str, ServiceView]] = {apex: {} for apex in self._zones}
-        for apex, service in self._services.values():
-            by_zone[apex][service.name] = self._service_view(service)
+        """Publish a new snapshot: the touched services' views and their zones' views are
+        rebuilt, everything else is shared with the previous snapshot."""
+        previous = self.snapshot.zones
+        if self._rebuild_all:
+            self._views = {}
+            previous = {}
+            dirty: Iterable[str] = self._services.keys()
+        else:
+            dirty = self._dirty
+        touched: dict[str, list[str]] = {}  # zone -> its services with a new view
+        for name in dirty:
+            found = self._services.get(name)
+            if found is None:
+                self._views.pop(name, None)  # no longer served; its zone is restructured
+                continue
+            self._views[name] = self._service_view(found[1])
+            touched.setdefault(found[0], []).append(name)
         zones: dict[str, ZoneView] = {}
         for apex, zone in self._zones.items():
-            zones[apex] = make_zone_view(zone, self._serials.get(apex, 1), by_zone[apex])
+            serial = self._serials.get(apex, 1)
+            old = previous.get(apex)
+            if old is not None and old.zone is zone and apex not in self._restructured:
+                if apex not in touched and old.soa.data.serial == serial:  # type: ignore[union-attr]
+                    zones[apex] = old
+                    continue
+                services = dict(old.services)
+                for name in touched.get(apex, ()):
+                    services[name] = self._views[name]
+            else:  # in the order of a full rebuild: the zone file's, then the API's
+                services = {name: self._views[name] for name, (holder, _) in
+                            self._services.items() if holder == apex}
+            zones[apex] = make_zone_view(zone, serial, services, old)
+        self._dirty = set()
+        self._restructured = set()
+        self._rebuild_all = False
         self.generation += 1
         snapshot = Snapshot(self.generation, zones, self._locator)
         self.snapshot = snapshot
         for listener in self._listeners:
             listener(snapshot)
 
+
+def _reuse(old: Zone | None, new: Zone) -> Zone:
+    """``new``, or the equal objects already held: a reload that leaves a zone or a
+    service as it was keeps its views (and their memos) and its serial."""
+    if old is None:
+        return new
+    if old == new:
+        return old
+    services = {service.name: service for service in old.services}
+    kept = tuple(
+        services[s.name] if services.get(s.name) == s else s for s in new.services
+    )
+    return new if all(a is b for a, b in zip(kept, new.services, strict=True)) else (
+        dataclasses.replace(new, services=kept)
+    )
 
 
 def _note(kept: tuple[str, bool, float, float | None] | None) -> CheckNote | None:

@@ -316,7 +316,7 @@ def test_unchanged_service_views_travel_as_names() -> None:
     full = channel.dump_snapshot(registry.snapshot, 0)
     registry.register(WWW, "one", Endpoint(ip(1)))
     delta = channel.dump_snapshot(registry.snapshot, 0, base=registry.snapshot)  # nothing changed
-    assert len(delta) < len(full) / 5
+    assert len(delta) < len(full) / 4  # names only (the full one shares pools since 0.8)
     registry.register("s2.workers.test", "one", Endpoint(ip(2)))
     delta = channel.dump_snapshot(registry.snapshot, 0, base=held)
     _, got = channel.load_snapshot(delta[5:], held)

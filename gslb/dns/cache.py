@@ -57,11 +57,10 @@ class _Entry:
     """A reply as first packed, the question name it was packed for, whether another
     spelling of that name may be patched in, and what its hits count as."""
 
-    __slots__ = ("reply", "tail", "spelled", "patchable", "tally", "hits")
+    __slots__ = ("tail", "spelled", "patchable", "tally", "hits")
 
     def __init__(self, reply: bytes, spelled: bytes, patchable: bool, tally: Tally) -> None:
-        self.reply = reply
-        self.tail = reply[2:]  # all but the ID
+        self.tail = reply[2:]  # all but the ID: a hit puts the query's ID in front
         self.spelled = spelled
         self.patchable = patchable
         self.tally = tally
@@ -162,7 +161,7 @@ class ResponseCache:
             return data[:2] + entry.tail
         if entry.patchable:
             self._hit(entry)
-            return data[:2] + entry.reply[2:12] + name + entry.reply[end:]
+            return data[:2] + entry.tail[:10] + name + entry.tail[end - 2 :]
         self.misses += 1
         return None
 

@@ -110,8 +110,7 @@ class DnsServer:
             qtype = query.rtype if query.rtype is not None else query.question.qtype
             result = answer(snapshot, query.qname, qtype, client, explain=False)
             reply = wire.pack_answer(query, result, tcp)
-            tally = (query.question.qtype, reply[3] & 0x0F, _endpoint_keys(result))
-            stats.tallies[tally] += 1
+            tally = stats.count((query.question.qtype, reply[3] & 0x0F, _endpoint_keys(result)))
             cache = self.cache
             if cache is not None:
                 cache.store(data, source_address, tcp, snapshot, query.qname, result, reply, tally)

@@ -44,6 +44,14 @@ class DnsStats:
     latency_bounds: tuple[float, ...] = LATENCY_BOUNDS
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     latency_sum: float = 0.0
+    shared: dict[Tally, Tally] = field(default_factory=dict, repr=False, compare=False)
+
+    def count(self, tally: Tally) -> Tally:
+        """Count one reply computed in full; returns the one shared copy of ``tally``
+        (replies with the same tally are many, and the cache keeps one per entry)."""
+        shared = self.shared.setdefault(tally, tally)
+        self.tallies[shared] += 1
+        return shared
 
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect_left(self.latency_bounds, seconds)] += 1

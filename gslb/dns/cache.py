@@ -57,11 +57,12 @@ class _Entry:
     """A reply as first packed, the question name it was packed for, whether another
     spelling of that name may be patched in, and what its hits count as."""
 
-    __slots__ = ("tail", "spelled", "patchable", "tally", "hits")
+    __slots__ = ("tail", "patchable", "tally", "hits")
 
-    def __init__(self, reply: bytes, spelled: bytes, patchable: bool, tally: Tally) -> None:
-        self.tail = reply[2:]  # all but the ID: a hit puts the query's ID in front
-        self.spelled = spelled
+    def __init__(self, reply: bytes, patchable: bool, tally: Tally) -> None:
+        # all but the ID: a hit puts the query's ID in front; the question name as
+        # spelled when it was packed is in it, after the header's remaining 10 bytes
+        self.tail = reply[2:]
         self.patchable = patchable
         self.tally = tally
         self.hits = 0  # since the last fold
@@ -156,7 +157,7 @@ class ResponseCache:
             self.misses += 1
             return None
         assert isinstance(entry, _Entry)
-        if name == entry.spelled:
+        if entry.tail.startswith(name, 10):
             self._hit(entry)
             return data[:2] + entry.tail
         if entry.patchable:
@@ -196,7 +197,7 @@ class ResponseCache:
         patchable = not result.authority and not result.additional and all(
             record.name == qname and record.rtype in _ADDRESS_TYPES for record in result.answer
         )
-        entry = _Entry(reply, name, patchable, tally)
+        entry = _Entry(reply, patchable, tally)
         if result.source_scope is None:
             entries[key] = entry
             if not tcp:

@@ -146,7 +146,7 @@ def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetri
     queries = CounterMetricFamily("gslb_dns_queries", "DNS replies sent, by question type and rcode",
                                   labels=["qtype", "rcode"])
     for (qtype, rcode), count in sorted(summary.replies.items()):
-        queries.add_metric([_type_name(qtype), _rcode_name(rcode)], count)
+        queries.add_metric([RType.name_of(qtype), Rcode.name_of(rcode)], count)
     yield queries
     dropped = CounterMetricFamily("gslb_dns_dropped", "DNS queries not answered, by reason",
                                   labels=["reason"])
@@ -179,17 +179,3 @@ def _dns_metrics(dns: DnsStats) -> Iterator[CounterMetricFamily | HistogramMetri
     buckets.append(("+Inf", cumulative + dns.latency_counts[-1]))
     histogram.add_metric([], buckets, sum_value=dns.latency_sum)
     yield histogram
-
-
-def _type_name(qtype: int) -> str:
-    try:
-        return RType(qtype).name
-    except ValueError:
-        return f"TYPE{qtype}"
-
-
-def _rcode_name(rcode: int) -> str:
-    try:
-        return Rcode(rcode).name
-    except ValueError:
-        return str(rcode)

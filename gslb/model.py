@@ -32,6 +32,14 @@ class RType(enum.IntEnum):
     AAAA = 28
     ANY = 255
 
+    @classmethod
+    def name_of(cls, number: int) -> str:
+        """The type's mnemonic, or ``TYPE<n>`` (RFC 3597) for one we hold no data of."""
+        try:
+            return cls(number).name
+        except ValueError:
+            return f"TYPE{number}"
+
 
 # --- record data --------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
 from gslb.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gslb.metrics import Metrics
-from gslb.model import AdminState, Endpoint, HealthCheck, IPAddress, RType, fqdn
+from gslb.model import AdminState, Endpoint, EndpointRef, HealthCheck, IPAddress, RType, fqdn
 from gslb.registry import Registry
 from gslb.store.contract import StoreStatus
 
@@ -214,10 +214,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
     def beat() -> views.JSON:
         ref = registry.heartbeat(service, pool, address, port, draining, load)
-        found = views.find_endpoint_json(registry.snapshot, ref, registry.notes)
-        if found is None:  # deregistered between the two lines above
-            raise NotFound(f"endpoint {ref} was just removed")
-        return found
+        return _endpoint_json(registry, ref)  # NotFound if deregistered meanwhile
 
     return web.json_response(await asyncio.to_thread(beat))
 
@@ -292,12 +289,17 @@ async def get_endpoint(request: web.Request) -> web.Response:
 
     def find() -> views.JSON:
         ref = registry.find_endpoint(name, pool, address, port)
-        found = views.find_endpoint_json(registry.snapshot, ref, registry.notes)
-        if found is None:
-            raise NotFound(f"endpoint {ref} was just removed")
-        return found
+        return _endpoint_json(registry, ref)
 
     return web.json_response(await asyncio.to_thread(find))
+
+
+def _endpoint_json(registry: Registry, ref: EndpointRef) -> views.JSON:
+    """The endpoint as the API shows it, from the current snapshot."""
+    found = views.find_endpoint_json(registry.snapshot, ref, registry.notes)
+    if found is None:
+        raise NotFound(f"endpoint {ref} was just removed")
+    return found
 
 
 async def put_endpoint(request: web.Request) -> web.Response:
@@ -309,10 +311,7 @@ async def put_endpoint(request: web.Request) -> web.Response:
 
     def put() -> views.JSON:
         ref, _ = registry.set_admin(name, pool, address, port, state)
-        found = views.find_endpoint_json(registry.snapshot, ref, registry.notes)
-        if found is None:
-            raise NotFound(f"endpoint {ref} was just removed")
-        return found
+        return _endpoint_json(registry, ref)
 
     return web.json_response(await asyncio.to_thread(put))
 

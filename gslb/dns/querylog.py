@@ -54,18 +54,17 @@ class QueryLog:
             "client": client,
             "transport": "tcp" if tcp else "udp",
             "micros": round(seconds * 1e6),
+            "rcode": Rcode.name_of(reply[3] & 0x0F) if reply and len(reply) > 3 else "none",
         }
         if query is None:
-            fields["rcode"] = _rcode_name(reply[3] & 0x0F) if reply and len(reply) > 3 else "none"
             log.info("query %s %s unparsed -> %s %dus", client, fields["transport"],
                      fields["rcode"], fields["micros"], extra=fields)
             return
         fields["qname"] = query.qname
-        fields["qtype"] = _type_name(query.question.qtype)
+        fields["qtype"] = RType.name_of(query.question.qtype)
         subnet = query.client
         if subnet is not None:
             fields["ecs"] = f"{subnet.address}/{subnet.source_prefix}"
-        fields["rcode"] = _rcode_name(reply[3] & 0x0F) if reply and len(reply) > 3 else "none"
         addresses: list[str] = []
         pools: list[str] = []
         if result is not None:
@@ -88,17 +87,3 @@ class QueryLog:
             parts.append(f"scope /{fields['scope']}")
         parts.append(f"{fields['micros']}us")
         log.info("%s", " ".join(parts), extra=fields)
-
-
-def _type_name(qtype: int) -> str:
-    try:
-        return RType(qtype).name
-    except ValueError:
-        return f"TYPE{qtype}"
-
-
-def _rcode_name(rcode: int) -> str:
-    try:
-        return Rcode(rcode).name
-    except ValueError:
-        return str(rcode)

@@ -27,6 +27,14 @@ class Rcode(enum.IntEnum):
     REFUSED = 5
     BADVERS = 16  # extended: needs OPT
 
+    @classmethod
+    def name_of(cls, number: int) -> str:
+        """The rcode's mnemonic, or its number for one we never send."""
+        try:
+            return cls(number).name
+        except ValueError:
+            return str(number)
+
 
 @dataclass(slots=True)
 class Answer:

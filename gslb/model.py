@@ -286,6 +286,10 @@ class EndpointRef:
     def __hash__(self) -> int:
         return self._hash
 
+    def __reduce__(self) -> tuple[type[EndpointRef], tuple[str, str, IPAddress, int | None]]:
+        # rebuilt, not restored: the hash of a string differs from process to process
+        return EndpointRef, (self.service, self.pool, self.address, self.port)
+
     def __str__(self) -> str:
         where = f"{self.address}" if self.port is None else f"{self.address}:{self.port}"
         return f"{self.service} {self.pool} {where}"

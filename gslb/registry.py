@@ -891,7 +891,7 @@ class Registry:
             pools.append(full)
             for endpoint in endpoints:
                 ref = EndpointRef(service.name, pool.name, endpoint.address, endpoint.port)
-                views.append(EndpointView(full, endpoint, self._current(ref)))
+                views.append(EndpointView(full, endpoint, self._current(ref), ref))
         changed = any(a is not b for a, b in zip(pools, service.pools, strict=True))
         full_service = dataclasses.replace(service, pools=tuple(pools)) if changed else service
         good = frozenset(

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from gslb.model import (
     Endpoint,
+    EndpointRef,
     GeoInfo,
     Health,
     IPAddress,
@@ -35,6 +36,7 @@ class EndpointView:
     pool: Pool
     endpoint: Endpoint
     health: Health
+    ref: EndpointRef  # names it across the registry; the DNS counters key on it
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from gslb.config import load_zone_text
 from gslb.dns.server import DnsServer
-from gslb.model import Health, Zone
+from gslb.model import EndpointRef, Health, Zone
 from gslb.snapshot import EndpointView, ServiceView, Snapshot, make_zone_view
 
 APEX = "gslb.example.com."
@@ -87,7 +87,10 @@ def make_snapshot(zone: Zone | None = None) -> Snapshot:
         service.name: ServiceView(
             service,
             tuple(
-                EndpointView(pool, endpoint, Health(probe_up=endpoint.address != DOWN))
+                EndpointView(
+                    pool, endpoint, Health(probe_up=endpoint.address != DOWN),
+                    EndpointRef(service.name, pool.name, endpoint.address, endpoint.port),
+                )
                 for pool in service.pools
                 for endpoint in pool.endpoints
             ),

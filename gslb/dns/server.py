@@ -21,10 +21,10 @@ from gslb.dns import wire
 from gslb.dns.cache import DEFAULT_CAPACITY, ResponseCache
 from gslb.dns.querylog import QueryLog
 from gslb.dns.rrl import ResponseRateLimiter
-from gslb.dns.stats import DnsStats, EndpointKey
+from gslb.dns.stats import DnsStats
 from gslb.engine.answer import Answer, answer
 from gslb.engine.context import Client
-from gslb.model import IPAddress
+from gslb.model import EndpointRef, IPAddress
 from gslb.snapshot import Snapshot
 
 log = logging.getLogger("gslb.dns")
@@ -110,7 +110,7 @@ class DnsServer:
             qtype = query.rtype if query.rtype is not None else query.question.qtype
             result = answer(snapshot, query.qname, qtype, client, explain=False)
             reply = wire.pack_answer(query, result, tcp)
-            tally = stats.count((query.question.qtype, reply[3] & 0x0F, _endpoint_keys(result)))
+            tally = stats.count((query.question.qtype, reply[3] & 0x0F, _endpoint_refs(result)))
             cache = self.cache
             if cache is not None:
                 cache.store(data, source_address, tcp, snapshot, query.qname, result, reply, tally)
@@ -205,14 +205,11 @@ def _question_type(data: bytes) -> int:
     return data[end + 1] << 8 | data[end + 2] if 0 < end < len(data) - 2 else 0
 
 
-def _endpoint_keys(result: Answer) -> tuple[EndpointKey, ...]:
-    service = result.service
-    if service is None:
-        return ()
-    return tuple(
-        (service, view.pool.name, view.endpoint.address, view.endpoint.port)
-        for view in result.chosen
-    )
+def _endpoint_refs(result: Answer) -> tuple[EndpointRef, ...]:
+    chosen = result.chosen
+    if len(chosen) == 1:
+        return (chosen[0].ref,)
+    return tuple(view.ref for view in chosen)
 
 
 def _describe(source: object) -> str:

@@ -22,15 +22,18 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from gslb.dns.cache import ResponseCache
+from gslb.model import EndpointRef
 
 # Upper bounds (seconds) of the response-time histogram: a cold reply takes tens of
 # microseconds, a slow one (GC pause, huge answer) milliseconds.
 LATENCY_BOUNDS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1)
 
-# (service, pool, address, port): an endpoint an answer named
+# (service, pool, address, port): an endpoint an answer named, as metrics and the API show it
 EndpointKey = tuple[str, str, IPv4Address | IPv6Address, int | None]
-# (qtype, rcode, endpoints the answer's addresses came from)
-Tally = tuple[int, int, tuple[EndpointKey, ...]]
+# (qtype, rcode, endpoints the answer's addresses came from). Endpoints as EndpointRef,
+# whose hash is computed once: an address's own hash is Python code, and a reply
+# computed in full hashes its tally twice.
+Tally = tuple[int, int, tuple[EndpointRef, ...]]
 
 
 @dataclass(slots=True)
@@ -70,9 +73,9 @@ class DnsStats:
         for (qtype, rcode, endpoints), count in self.totals().items():
             summary.replies[(qtype, rcode)] += count
             pools = set()
-            for service, pool, address, port in endpoints:
-                summary.answered[(service, pool, address, port)] += count
-                pools.add((service, pool))
+            for ref in endpoints:
+                summary.answered[(ref.service, ref.pool, ref.address, ref.port)] += count
+                pools.add((ref.service, ref.pool))
             for key in pools:
                 summary.answers[key] += count
         summary.cache_hits = self.cache_hits

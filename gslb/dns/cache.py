@@ -82,6 +82,8 @@ class ResponseCache:
         self._folded: Counter[Tally] = Counter()  # hits of entries touched before it
         self._hits = 0  # as of the last fold
         self.misses = 0
+        # The last miss's query and key, until store() takes them
+        self._missed: tuple[bytes, bytes] | None = None
 
     def __len__(self) -> int:
         return max(len(self._entries), len(self._exact))
@@ -155,6 +157,7 @@ class ResponseCache:
             entry = self._entries.get((key, _source_bucket(source)[0]))
         if entry is None:
             self.misses += 1
+            self._missed = (data, key)  # for store(), which the full path calls next
             return None
         assert isinstance(entry, _Entry)
         if entry.tail.startswith(name, 10):
@@ -181,12 +184,18 @@ class ResponseCache:
         be; its hits will count as ``tally``."""
         if snapshot is not self._snapshot or result.per_query or not self.capacity:
             return
-        end = _name_end(data)
-        if end is None:
-            return
-        name = data[12:end]
-        head = bytes((data[2] | _TCP_MARK, data[3])) if tcp else data[2:4]
-        key: Any = head + name.lower() + data[end:]
+        missed = self._missed
+        key: Any
+        if missed is not None and missed[0] is data:
+            key = missed[1]  # the key lookup() built for this query
+        else:
+            end = _name_end(data)
+            if end is None:
+                return
+            name = data[12:end]
+            head = bytes((data[2] | _TCP_MARK, data[3])) if tcp else data[2:4]
+            key = head + name.lower() + data[end:]
+        self._missed = None
         entries = self._entries
         if len(entries) >= self.capacity or len(self._exact) >= self.capacity:
             entries.clear()  # cheap and rare: hot entries come back at their next query
@@ -194,8 +203,11 @@ class ResponseCache:
         # The reply's bytes after the question do not depend on the question's letter
         # case when every record is an address owned by the question name itself (those
         # owners compress to the question); other names may compress against it.
-        patchable = not result.authority and not result.additional and all(
-            record.name == qname and record.rtype in _ADDRESS_TYPES for record in result.answer
+        # A service's own answer is such (the engine's selection for the question name).
+        patchable = result.service == qname or (
+            not result.authority and not result.additional and all(
+                record.name == qname and record.rtype in _ADDRESS_TYPES for record in result.answer
+            )
         )
         entry = _Entry(reply, patchable, tally)
         if result.source_scope is None:

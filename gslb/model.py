@@ -202,6 +202,22 @@ class GeoInfo:
     location: Location | None
     prefix: int  # length of the database network holding the address (found or empty)
     found: bool
+    # computed once: the engine keys its per-location plans on it, for every query
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "_hash", hash((self.country, self.continent, self.location, self.prefix, self.found))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[GeoInfo], tuple[str | None, str | None, Location | None, int, bool]]:
+        # rebuilt, not restored: the hash of a string differs from process to process
+        return GeoInfo, (self.country, self.continent, self.location, self.prefix, self.found)
 
 
 @dataclass(frozen=True, slots=True)

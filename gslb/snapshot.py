@@ -69,23 +69,40 @@ class ZoneView:
         return self.zone.apex
 
 
+ZONE_MEMO_SIZE = 4096  # names remembered per snapshot by find_zone
+_UNKNOWN = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     generation: int = 0
     zones: Mapping[str, ZoneView] = field(default_factory=dict)
     locator: Locator | None = None  # the GeoIP database answers are computed with
+    # find_zone's answers so far: a GSLB is asked few names, each many times
+    _zone_of: dict[str, ZoneView | None] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def find_zone(self, qname: str) -> ZoneView | None:
         """The zone that holds ``qname`` (lower-cased, absolute), by longest suffix."""
+        known = self._zone_of
+        zone = known.get(qname, _UNKNOWN)
+        if zone is not _UNKNOWN:
+            return zone  # type: ignore[return-value]
         name = qname
         while True:
             zone = self.zones.get(name)
             if zone is not None:
-                return zone
+                break
             dot = name.find(".")
             if dot < 0 or dot == len(name) - 1:
-                return self.zones.get(".")
+                zone = self.zones.get(".")
+                break
             name = name[dot + 1 :]
+        if len(known) >= ZONE_MEMO_SIZE:
+            known.clear()  # names made up by the asker: keep the memo bounded
+        known[qname] = zone
+        return zone
 
     def service(self, name: str) -> ServiceView | None:
         zone = self.find_zone(name)

@@ -101,12 +101,13 @@ class DnsServer:
                     stats.tallies[(_question_type(data), query[3] & 0x0F, ())] += 1
                 return query, None, None
             source = _source_ip(source_address)
-            ecs = query.client
-            client = (
-                Client(ecs.address, ecs.source_prefix, source, query.id)
-                if ecs is not None
-                else Client(source, nonce=query.id)
-            )
+            edns = query.edns
+            subnet = edns.subnet if edns is not None else None
+            if subnet is not None:  # the parser's client, completed: one fewer per query
+                client = subnet.client
+                client.resolver, client.nonce = source, query.id
+            else:
+                client = Client(source, nonce=query.id)
             qtype = query.rtype if query.rtype is not None else query.question.qtype
             result = answer(snapshot, query.qname, qtype, client, explain=False)
             reply = wire.pack_answer(query, result, tcp)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from dnslib import CNAME, MX, NS, RD, SOA, TXT, DNSBuffer, DNSLabel
@@ -89,13 +89,16 @@ Sections = tuple[tuple[Record, ...], tuple[Record, ...], tuple[Record, ...]]
 # attribute setting makes each construction about 5 times as costly (BENCHMARKS.md).
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Question:
-    """The question as received: labels keep their letter case and bytes."""
+    """The question as received: labels keep their letter case and bytes. Frozen: the
+    lean reader hands the same one to every query that spells it alike."""
 
     labels: tuple[bytes, ...]
     qtype: int
     qclass: int
+    # its wire form as received when that held no compression: what the reply repeats
+    wire: bytes | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -235,16 +238,12 @@ def _parse_common(data: bytes) -> Query | None:
     if flags & (QR | OPCODE_MASK) or qdcount != 1 or ancount or nscount or arcount > 1:
         return None
     # A common name holds no zero byte: it ends at the first one after the header.
-    offset = data.find(0, 12) + 1
-    if offset <= 12:
+    offset = data.find(0, 12) + 5
+    if offset <= 16 or offset > size:
         return None
-    name = _common_name(data[12:offset])
-    if name is None or offset + 4 > size:
+    asked = _common_question(data[12:offset])
+    if asked is None:
         return None
-    qtype, qclass = _U16X2.unpack_from(data, offset)
-    if qclass != CLASS_IN or qtype == TYPE_OPT or qtype in NOT_IMPLEMENTED_TYPES:
-        return None
-    offset += 4
     edns = None
     if arcount:
         if offset + 11 > size or data[offset] != 0:
@@ -271,14 +270,26 @@ def _parse_common(data: bytes) -> Query | None:
         edns = Edns(payload, bool(ttl & DO), 0, subnet)
     elif offset != size:
         return None
-    return Query(qid, flags, Question(name[0], qtype, qclass), name[1], _RTYPES.get(qtype), edns)
+    return Query(qid, flags, asked[0], asked[1], asked[2], edns)
 
 
 @functools.lru_cache(maxsize=4096)
+def _common_question(wire: bytes) -> tuple[Question, str, RType | None] | None:
+    """The question, the engine's spelling of its name and its type, for a question's
+    wire form (name, type, class) when it is common: a common name, class IN, a type
+    with no special rule. Remembered per spelling: a GSLB is asked few names."""
+    name = _common_name(wire[:-4])
+    if name is None:
+        return None
+    qtype, qclass = _U16X2.unpack_from(wire, len(wire) - 4)
+    if qclass != CLASS_IN or qtype == TYPE_OPT or qtype in NOT_IMPLEMENTED_TYPES:
+        return None
+    return Question(name[0], qtype, qclass, wire), name[1], _RTYPES.get(qtype)
+
+
 def _common_name(wire: bytes) -> tuple[tuple[bytes, ...], str] | None:
     """The labels and the engine's spelling of a name's wire form (up to its final zero),
-    when it is common: not the root, uncompressed, of plain label bytes. Remembered per
-    spelling: a GSLB is asked few names."""
+    when it is common: not the root, uncompressed, of plain label bytes."""
     labels = []
     offset = 0
     end = len(wire) - 1
@@ -524,7 +535,7 @@ def _pack_addresses(query: Query, answer: Answer, limit: int) -> bytes | None:
     if not records or answer.authority or answer.additional:
         return None
     asked = query.question
-    question = _question_wire(asked.labels, asked.qtype, asked.qclass)
+    question = asked.wire or _question_wire(asked.labels, asked.qtype, asked.qclass)
     if question is None:
         return None
     qname = query.qname

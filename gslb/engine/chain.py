@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, ip_network
 
 from gslb.engine import failover, family, geo, healthy
 from gslb.engine import select as select_step
-from gslb.engine.context import Client, Context, Step, client_bucket
+from gslb.engine.context import Client, Context, Step, bucket_of
 from gslb.engine.ring import hash_key
 from gslb.model import AddressData, GeoInfo, IPAddress, Record, RType
 from gslb.snapshot import EndpointView, Locator, ServiceView
@@ -74,8 +74,11 @@ _V6_FIRST, _V6_LAST = _PRIVATE_FIRST[6], _PRIVATE_LAST[6]
 
 
 def is_private(address: IPAddress) -> bool:
-    value = int(address)
-    first, last = (_V4_FIRST, _V4_LAST) if isinstance(address, IPv4Address) else (_V6_FIRST, _V6_LAST)
+    return _private(int(address), isinstance(address, IPv4Address))
+
+
+def _private(value: int, v4: bool) -> bool:
+    first, last = (_V4_FIRST, _V4_LAST) if v4 else (_V6_FIRST, _V6_LAST)
     i = bisect.bisect_right(first, value) - 1
     return i >= 0 and value <= last[i]
 
@@ -113,8 +116,8 @@ def _prepared(service: ServiceView, qtype: RType, client: Client, locator: Locat
     depend on, so their outcome for (type, location) holds for every client there; the
     last step (the policy) runs per query. Trace-less only.
     """
-    key = (qtype is RType.AAAA, geo)  # a bool hashes faster than an enum member
-    memo = service.memo
+    key = (qtype is RType.AAAA, geo)  # a bool hashes faster than an enum member (select()
+    memo = service.memo  # reads the memo with this key itself)
     found: _Prepared | None = memo.get(key)
     if found is None:
         trial = Context(service, qtype, client, locator, explain=False)
@@ -150,13 +153,24 @@ def select(
 ) -> Selection:
     """The A or AAAA records a service answers with for ``client``; without ``explain``
     the steps write no trace (the records are the same)."""
-    client, note = effective_client(client, locator)
     if not explain and chain is DEFAULT_CHAIN:
-        geo = locator.locate(client.address) if locator is not None else None
-        prepared = _prepared(service, qtype, client, locator, geo)
+        # effective_client, client_bucket and the memo's side of _prepared, inline: this
+        # runs for every query the response cache does not answer
+        address = client.address
+        value = int(address)
+        v4 = isinstance(address, IPv4Address)
+        if client.resolver is not None and _private(value, v4):
+            client = effective_client(client, locator)[0]
+            address = client.address
+            value = int(address)
+            v4 = isinstance(address, IPv4Address)
+        geo = locator.locate(address) if locator is not None else None
+        prepared = service.memo.get((qtype is RType.AAAA, geo))
+        if prepared is None:
+            prepared = _prepared(service, qtype, client, locator, geo)
         plan = prepared.sticky
         if plan is not None:  # the common case, without a Context: hash, walk, done
-            bucket, prefix = client_bucket(client)
+            bucket, prefix = bucket_of(value, v4, client.source_prefix)
             planned = prepared.records
             picks = plan.pick(hash_key(bucket))
             members = plan.members
@@ -181,6 +195,7 @@ def select(
             ctx.depend(prefix)
         candidates = chain[-1](prepared.candidates, ctx)
     else:
+        client, note = effective_client(client, locator)
         ctx = Context(service, qtype, client, locator, explain=explain)
         if note and explain:
             ctx.trace.append(note)

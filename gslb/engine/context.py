@@ -72,14 +72,18 @@ Step = Callable[[list[EndpointView], Context], list[EndpointView]]
 def client_bucket(client: Client) -> tuple[bytes, int]:
     """The client's hashing subnet, packed, and its prefix length (capped by ECS)."""
     address = client.address
-    source = client.source_prefix
-    if isinstance(address, IPv4Address):
+    return bucket_of(int(address), isinstance(address, IPv4Address), client.source_prefix)
+
+
+def bucket_of(value: int, v4: bool, source: int | None) -> tuple[bytes, int]:
+    """``client_bucket`` for an address given as its integer value and family."""
+    if v4:
         limit = HASH_PREFIX_V4 if source is None or source > HASH_PREFIX_V4 else source
         shift = 32 - limit
-        return (int(address) >> shift << shift).to_bytes(4, "big") + _PREFIX_OCTET[limit], limit
+        return (value >> shift << shift).to_bytes(4, "big") + _PREFIX_OCTET[limit], limit
     limit = HASH_PREFIX_V6 if source is None or source > HASH_PREFIX_V6 else source
     shift = 128 - limit
-    return (int(address) >> shift << shift).to_bytes(16, "big") + _PREFIX_OCTET[limit], limit
+    return (value >> shift << shift).to_bytes(16, "big") + _PREFIX_OCTET[limit], limit
 
 
 _PREFIX_OCTET = tuple(bytes((prefix,)) for prefix in range(129))

@@ -195,6 +195,25 @@ def test_cached_reply_is_the_full_paths_reply(
     pair.assert_same_counts()
 
 
+@pytest.mark.parametrize("wire_name", [
+    b"\x06STICKY\x04Gslb\x07example\x03com\x00",  # plain: another spelling is patched in
+    b"\x03a\x00B\x04GSLB\x07example\x03com\x00",  # a zero byte inside a label
+    b"\x03a\x00B\x07Example\x03ORG\x00",  # the same, outside our zones (REFUSED)
+    b"\x03WWW\xc0\x04",  # compressed: points at QDCOUNT's high byte, the root
+    b"\x06Sticky\xc0\x04",
+])
+def test_unusual_question_names_get_the_full_paths_reply(pair: Pair, wire_name: bytes) -> None:
+    """The cache keys a name up to its first zero byte; names that end elsewhere (a zero
+    byte in a label, compression) must still get the full path's reply, in any case."""
+    for tcp in (False, True):
+        head = wire_name[:3]  # up to the first zero byte in the labels above
+        for spelling in (wire_name, wire_name.swapcase(), wire_name.lower(), head.upper() + wire_name[3:]):
+            for qid in (b"\x12\x34", b"\xab\xcd"):
+                query = qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + spelling + b"\x00\x01\x00\x01"
+                pair.check(query, ("127.0.0.1", 5353), tcp)
+    pair.assert_same_counts()
+
+
 def _neighbour(host: str) -> str:
     address = ip_address(host)
     if isinstance(address, IPv4Address):

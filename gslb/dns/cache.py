@@ -18,9 +18,11 @@ A hit is counted on its entry (one integer increment); each entry carries the
 
 A UDP query whose bytes after the ID were seen before, spelled the same, is found
 by those bytes alone (one slice and one dictionary lookup: what repeats in practice).
-Otherwise lookup parses only the header and the question name's framing; anything
-unusual (a message that is not a plain one-question query, a name with compression)
-is a miss and goes to the full parser, which alone decides what may be stored.
+Otherwise lookup reads only the header and takes the question name to end at the
+first zero byte (where a plain name ends; for an unusual one the key then merely
+lower-cases less, and such entries are never patched). A message that is not a plain
+one-question query is a miss and goes to the full parser, which alone decides what
+may be stored.
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ class ResponseCache:
         self._folded: Counter[Tally] = Counter()  # hits of entries touched before it
         self._hits = 0  # as of the last fold
         self.misses = 0
-        # The last miss's query and key, until store() takes them
-        self._missed: tuple[bytes, bytes] | None = None
+        # The last miss's query, key and framed name, until store() takes them
+        self._missed: tuple[bytes, bytes, bytes] | None = None
 
     def __len__(self) -> int:
         return max(len(self._entries), len(self._exact))
@@ -131,24 +133,16 @@ class ResponseCache:
             self._snapshot = snapshot
             self.misses += 1
             return None
-        # The header and the name's framing, inline: this runs for every query.
-        size = len(data)
-        if size < 17 or data[2] & 0xF8 or data[4:11] != _PLAIN_COUNTS or data[11] > 1:
+        # The header and the name's framing (see _name_end), inline: this runs for
+        # every query the exact bytes do not find.
+        if (len(data) < 17 or data[2] & 0xF8 or not data.startswith(_PLAIN_COUNTS, 4)
+                or data[11] > 1):
             self.misses += 1
             return None
-        end = 12
-        while True:
-            if end >= size:
-                self.misses += 1
-                return None
-            length = data[end]
-            if not length:
-                break
-            if length > 63:
-                self.misses += 1
-                return None
-            end += length + 1
-        end += 1
+        end = data.find(0, 12) + 1
+        if end <= 12:
+            self.misses += 1
+            return None
         name = data[12:end]
         head = bytes((data[2] | _TCP_MARK, data[3])) if tcp else data[2:4]
         key = head + name.lower() + data[end:]
@@ -157,7 +151,7 @@ class ResponseCache:
             entry = self._entries.get((key, _source_bucket(source)[0]))
         if entry is None:
             self.misses += 1
-            self._missed = (data, key)  # for store(), which the full path calls next
+            self._missed = (data, key, name)  # for store(), which the full path calls next
             return None
         assert isinstance(entry, _Entry)
         if entry.tail.startswith(name, 10):
@@ -187,7 +181,7 @@ class ResponseCache:
         missed = self._missed
         key: Any
         if missed is not None and missed[0] is data:
-            key = missed[1]  # the key lookup() built for this query
+            _, key, name = missed  # what lookup() built for this query
         else:
             end = _name_end(data)
             if end is None:
@@ -204,11 +198,13 @@ class ResponseCache:
         # case when every record is an address owned by the question name itself (those
         # owners compress to the question); other names may compress against it.
         # A service's own answer is such (the engine's selection for the question name).
-        patchable = result.service == qname or (
+        # And the reply must repeat the name where the key framed it (not so when the
+        # query's name was compressed, or held a zero byte).
+        patchable = reply.startswith(name, 12) and (result.service == qname or (
             not result.authority and not result.additional and all(
                 record.name == qname and record.rtype in _ADDRESS_TYPES for record in result.answer
             )
-        )
+        ))
         entry = _Entry(reply, patchable, tally)
         if result.source_scope is None:
             entries[key] = entry
@@ -223,19 +219,13 @@ class ResponseCache:
 
 
 def _name_end(data: bytes) -> int | None:
-    """The offset after the question name of a plain one-question query, else None."""
-    size = len(data)
-    if size < 17 or data[2] & 0xF8 or data[4:11] != _PLAIN_COUNTS or data[11] > 1:
+    """For a plain one-question query, the offset after its first zero byte from the
+    question on: after the question name when that is uncompressed and holds no zero
+    byte (what resolvers send); keys lower-case the bytes up to it. Else None."""
+    if len(data) < 17 or data[2] & 0xF8 or not data.startswith(_PLAIN_COUNTS, 4) or data[11] > 1:
         return None
-    end = 12
-    while end < size:
-        length = data[end]
-        if not length:
-            return end + 1
-        if length > 63:
-            return None
-        end += length + 1
-    return None
+    end = data.find(0, 12) + 1
+    return end if end > 12 else None
 
 
 def _source_bucket(source: Any) -> tuple[int, int]:

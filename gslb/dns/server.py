@@ -98,9 +98,11 @@ class DnsServer:
                 if query is None:
                     stats.dropped["not a query"] += 1
                 else:
-                    stats.tallies[(_question_type(data), query[3] & 0x0F, ())] += 1
+                    stats.count((_question_type(data), query[3] & 0x0F, ()))
                 return query, None, None
-            source = _source_ip(source_address)
+            source = (  # _source_ip, inline
+                _ip_of_host(source_address[0]) if isinstance(source_address, tuple) else source_address
+            )
             edns = query.edns
             subnet = edns.subnet if edns is not None else None
             if subnet is not None:  # the parser's client, completed: one fewer per query
@@ -125,7 +127,7 @@ class DnsServer:
         log.exception("SERVFAIL: query from %s failed", _describe(source_address))
         reply = wire.servfail(data)
         if reply is not None:
-            self.stats.tallies[(_question_type(data), reply[3] & 0x0F, ())] += 1
+            self.stats.count((_question_type(data), reply[3] & 0x0F, ()))
         return reply
 
     def _logged(self, data: bytes, source_address: SourceAddress, tcp: bool) -> bytes | None:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
 from gslb.dns.cache import ResponseCache
 from gslb.model import EndpointRef
@@ -38,7 +39,7 @@ Tally = tuple[int, int, tuple[EndpointRef, ...]]
 
 @dataclass(slots=True)
 class DnsStats:
-    tallies: Counter[Tally] = field(default_factory=Counter)  # replies computed in full
+    tallies: Counter[Tally] = field(default_factory=Counter)  # other stats' replies, summed in
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> queries
     cache: ResponseCache | None = None  # the hits it served, with their tallies
     # hits and misses of caches not attached (the counts of workers, summed)
@@ -47,13 +48,18 @@ class DnsStats:
     latency_bounds: tuple[float, ...] = LATENCY_BOUNDS
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     latency_sum: float = 0.0
-    shared: dict[Tally, Tally] = field(default_factory=dict, repr=False, compare=False)
+    # count()'s replies by tally: [the shared copy of the tally, replies]
+    counted: dict[Tally, list[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def count(self, tally: Tally) -> Tally:
         """Count one reply computed in full; returns the one shared copy of ``tally``
-        (replies with the same tally are many, and the cache keeps one per entry)."""
-        shared = self.shared.setdefault(tally, tally)
-        self.tallies[shared] += 1
+        (replies with the same tally are many, and the cache keeps one per entry).
+        One dictionary lookup: a tally's hash is recomputed at each."""
+        cell = self.counted.get(tally)
+        if cell is None:
+            cell = self.counted[tally] = [tally, 0]
+        cell[1] += 1
+        shared: Tally = cell[0]
         return shared
 
     def observe(self, seconds: float) -> None:
@@ -63,6 +69,8 @@ class DnsStats:
     def totals(self) -> Counter[Tally]:
         """Every reply so far, computed or from the cache, by tally."""
         totals = Counter(self.tallies)
+        for tally, replies in self.counted.values():
+            totals[tally] += replies
         if self.cache is not None:
             totals.update(self.cache.fold())
         return totals

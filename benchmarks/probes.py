@@ -29,7 +29,9 @@ not counted) and the script prints, per check kind:
 ``--floor`` then measures what the kernel alone costs per TCP check on this loopback:
 one thread connecting to every endpoint once a second with blocking sockets, no event
 loop and no prober, first a socket per connect closed with a reset (``SO_LINGER`` 0),
-then one socket reused, its connection dissolved with ``connect(AF_UNSPEC)``.
+then one socket reused, its connection dissolved with ``connect(AF_UNSPEC)``; and last
+the ``TcpChecker`` alone on a uvloop loop (no prober, no registry, no metrics), its
+connects started in slices every 10 ms as the prober's ticks do.
 
 Bounded: the run stops after ``--seconds``; only loopback is contacted.
 """
@@ -292,6 +294,52 @@ def floor(ports: list[list[object]], seconds: float) -> None:
             print(f"  {name:40} {count / wall:7.0f}/s  user {1e6 * (user - user0) / count:5.1f} µs"
                   f"  system {1e6 * (system - sys0) / count:5.1f} µs per connect;  "
                   + ", ".join(f"{k} {v}" for k, v in counters.items()), flush=True)
+    checker_alone(addresses, seconds)
+
+
+def checker_alone(addresses: list[tuple[str, int]], seconds: float) -> None:
+    """The event-loop part: ``TcpChecker`` connecting to every endpoint once a second."""
+    import asyncio
+
+    import uvloop
+
+    try:
+        from gslb.health.tcp import TcpChecker
+    except ImportError:
+        return  # a version of the package without it (--code)
+    outcomes = {"ok": 0, "failed": 0}
+
+    def done(outcome: BaseException | None) -> None:
+        outcomes["ok" if outcome is None else "failed"] += 1
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        checker = TcpChecker(loop)
+        slices = [addresses[i:i + len(addresses) // 100 or 1]
+                  for i in range(0, len(addresses), len(addresses) // 100 or 1)]
+        started, tid = time.monotonic(), threading.get_native_id()
+        (user0, sys0), counters0 = thread_cpu(tid), tcp_counters()
+        try:
+            while time.monotonic() - started < seconds:
+                second = loop.time()
+                for n, part in enumerate(slices):
+                    for where in part:
+                        checker.connect(socket.AF_INET, where, 1.0, done)
+                    await asyncio.sleep(max(0.0, second + (n + 1) / len(slices) - loop.time()))
+            while len(checker):  # bounded by the checks' timeout
+                await asyncio.sleep(0.01)
+        finally:
+            checker.close()
+        user, system = thread_cpu(tid)
+        counters = {k: v - counters0[k] for k, v in tcp_counters().items()}
+        count = sum(outcomes.values())
+        wall = time.monotonic() - started
+        print(f"  {'TcpChecker alone, uvloop':40} {count / wall:7.0f}/s  user "
+              f"{1e6 * (user - user0) / count:5.1f} µs  system {1e6 * (system - sys0) / count:5.1f}"
+              f" µs per connect;  failed {outcomes['failed']}, "
+              + ", ".join(f"{k} {v}" for k, v in counters.items()), flush=True)
+
+    uvloop.run(main())
 
 
 def main() -> None:

@@ -14,12 +14,26 @@ from pathlib import Path
 
 import pytest
 
+from gslb.config import load_zone_text
 from gslb.health import tcp
 from gslb.health.prober import check_tcp
+from gslb.health.thread import HealthThread
+from gslb.model import EndpointRef
+from gslb.registry import Registry
 
 HOST = "127.0.0.43"
 
 Outcome = BaseException | None
+ZONE = """
+zone: gslb.example.com
+nameservers: {ns1: [127.0.0.1]}
+services:
+  tcp:
+    check: {type: tcp, interval: 0.1, timeout: 0.1, rise: 1, fall: 1}
+    pools:
+      main:
+        endpoints: ENDPOINTS
+"""
 
 
 def listener(host: str = HOST, backlog: int = 128) -> socket.socket:
@@ -271,3 +285,29 @@ def test_bad_arguments_raise_at_once() -> None:
     before = open_fds()
     asyncio.run(go())
     assert open_fds() == before
+
+
+def test_the_prober_leaves_no_descriptor_behind() -> None:
+    """Forty endpoints (half listening, half refusing) checked every 0.1 s by the health
+    thread: results as expected, and once it stops, the descriptors it had before."""
+    listening = [listener(backlog=4096) for _ in range(20)]  # never accepted: resets queue up
+    dead = [closed_port() for _ in range(20)]
+    ports = [sock.getsockname()[1] for sock in listening] + dead
+    endpoints = ", ".join(f"{{address: {HOST}, port: {port}}}" for port in ports)
+    text = ZONE.replace("ENDPOINTS", f"[{endpoints}]")
+    refs = [EndpointRef("tcp.gslb.example.com.", "main", ip_address(HOST), port) for port in ports]
+    try:
+        registry = Registry()
+        registry.load_zones([load_zone_text(text, "z.yaml")])
+        with HealthThread(Registry()):
+            pass  # the process's first uvloop loop opens a pipe it keeps for good
+        before = open_fds()
+        with HealthThread(registry):
+            time.sleep(1.0)  # about ten checks each
+            notes = [registry.check_note(ref) for ref in refs]
+        assert open_fds() == before
+        assert [n.result if n else None for n in notes] == (
+            ["connected"] * 20 + ["connection refused"] * 20)
+    finally:
+        for sock in listening:
+            sock.close()

@@ -72,8 +72,10 @@ def raise_nofile(wanted: int) -> None:
 # --- the fleet (child process) -----------------------------------------------------------
 
 
-def fleet(count: int) -> None:
-    """Listen on ``count`` ports; print them as JSON; serve until stdin closes."""
+def fleet(count: int, defer: bool = False) -> None:
+    """Listen on ``count`` ports; print them as JSON; serve until stdin closes. With
+    ``defer`` the listeners use TCP_DEFER_ACCEPT: a connection that sends nothing (a TCP
+    check) is never accepted, so the fleet is never woken for it."""
     import asyncio
 
     import uvloop
@@ -114,6 +116,8 @@ def fleet(count: int) -> None:
         for i in range(count):
             host = HOSTS[i % len(HOSTS)]
             server = await loop.create_server(Endpoint, host, 0, backlog=64)
+            if defer:
+                server.sockets[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
             ports.append([host, server.sockets[0].getsockname()[1]])
         print(json.dumps(ports), flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
@@ -352,16 +356,21 @@ def main() -> None:
                              "version, e.g. from git archive; default: this checkout)")
     parser.add_argument("--floor", action="store_true",
                         help="then measure the kernel's part of a TCP check (see above)")
+    parser.add_argument("--defer-accept", action="store_true",
+                        help="the endpoints' listeners use TCP_DEFER_ACCEPT: on loopback the "
+                             "prober's thread then no longer pays for waking them and for "
+                             "their accepted sockets (the share of its CPU that is theirs)")
     parser.add_argument("--fleet", type=int, help=argparse.SUPPRESS)  # the child's role
     args = parser.parse_args()
     sys.path.insert(0, str(args.code))
     if args.fleet is not None:
-        fleet(args.fleet)
+        fleet(args.fleet, args.defer_accept)
         return
     raise_nofile(args.endpoints * 2 + 1000)
     # several fleet processes: each holds a listener and a kept connection per endpoint
     sizes = [len(range(i, args.endpoints, FLEETS)) for i in range(FLEETS)]
-    children = [subprocess.Popen([sys.executable, __file__, "--fleet", str(size)],
+    children = [subprocess.Popen([sys.executable, __file__, "--fleet", str(size)]
+                                 + ["--defer-accept"] * args.defer_accept,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 for size in sizes]
     try:

@@ -327,7 +327,6 @@ class Prober:
         self._next_tick = 0  # the first tick not yet looked at
         self._running = 0  # checks under way
         self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
-        self._connecting: dict[_Schedule, Callable[[], None]] = {}  # TCP checks under way
         self._pending: list[CheckReport] = []
         self._flush: asyncio.TimerHandle | None = None
         self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
@@ -350,7 +349,6 @@ class Prober:
                     await asyncio.sleep(TICK)
             finally:
                 await self._stop_all()
-                self._tcp.close()
                 self._http = self._tcp = None
 
     def _follow(self) -> None:
@@ -492,15 +490,13 @@ class Prober:
         if self._tcp is None:
             return False
         family, where = schedule.tcp
-        try:
-            abandon = self._tcp.connect(family, where, schedule.check.timeout, schedule.connected)
+        try:  # closing the checker abandons it, if need be
+            self._tcp.connect(family, where, schedule.check.timeout, schedule.connected)
         except Exception:  # the task path reports it as a check error
             return False
-        self._connecting[schedule] = abandon
         return True
 
     def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
-        self._connecting.pop(schedule, None)
         rtt = asyncio.get_running_loop().time() - schedule.started
         self._done(schedule, judge_tcp(schedule.check.timeout, outcome, rtt))
 
@@ -582,9 +578,8 @@ class Prober:
         self._signatures.clear()
         self._refs.clear()
         self._wheel.clear()
-        for abandon in self._connecting.values():
-            abandon()
-        self._connecting.clear()
+        if self._tcp is not None:
+            self._tcp.close()  # abandons the TCP checks under way
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

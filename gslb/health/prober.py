@@ -33,6 +33,7 @@ import logging
 import random
 import resource
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -320,6 +321,9 @@ class Prober:
         self._generation = -1
         self._http: HttpChecker | None = None
         self._tcp: tcp.TcpChecker | None = None
+        # The running loop's clock, kept: asyncio.get_running_loop() costs a getpid()
+        # system call (it checks for a fork), one more per check.
+        self._time: Callable[[], float] = time.monotonic
         # Schedules by the tick they are due in: a list per tick, no allocation per check
         # (a heap entry per check would be a tuple that lives a whole interval, and
         # thousands of those a second make the garbage collector walk everything).
@@ -335,6 +339,7 @@ class Prober:
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
         loop = asyncio.get_running_loop()
+        self._time = loop.time
         async with make_session() as session:
             self._http = session
             self._tcp = tcp.TcpChecker(loop)
@@ -497,12 +502,11 @@ class Prober:
         return True
 
     def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
-        rtt = asyncio.get_running_loop().time() - schedule.started
+        rtt = self._time() - schedule.started
         self._done(schedule, judge_tcp(schedule.check.timeout, outcome, rtt))
 
     def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
-        loop = asyncio.get_running_loop()
-        self._done(schedule, judge_http(schedule.check, outcome, loop.time() - schedule.started))
+        self._done(schedule, judge_http(schedule.check, outcome, self._time() - schedule.started))
 
     async def _check(self, schedule: _Schedule, http: HttpChecker) -> None:
         try:

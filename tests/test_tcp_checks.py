@@ -311,3 +311,18 @@ def test_the_prober_leaves_no_descriptor_behind() -> None:
     finally:
         for sock in listening:
             sock.close()
+
+
+def test_a_timeout_below_the_sweep_resolution_fires_at_the_next_sweep(blackhole: int) -> None:
+    async def go() -> tuple[Outcome, float]:
+        checker = tcp.TcpChecker(asyncio.get_running_loop())
+        try:
+            started = time.monotonic()
+            outcome = await one(checker, HOST, blackhole, timeout=0.001)
+            return outcome, time.monotonic() - started
+        finally:
+            checker.close()
+
+    outcome, waited = asyncio.run(go())
+    assert isinstance(outcome, TimeoutError)
+    assert waited < 2 * tcp.RESOLUTION + 0.1

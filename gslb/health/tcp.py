@@ -135,7 +135,8 @@ class TcpChecker:
         if self._sweep is None:
             self._swept = int(now / RESOLUTION)
             self._sweep = self._loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts)
-        tick = max(math.ceil((now + timeout) / RESOLUTION), self._swept + 1)
+        # never a tick already swept, even when a sweep's own callback starts a check
+        tick = max(math.ceil((now + timeout) / RESOLUTION), int(now / RESOLUTION) + 1)
         check = _Connect(self, sock, family, done, tick)
         self._pending[check.fd] = check
         due = self._deadlines.get(tick)

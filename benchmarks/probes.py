@@ -20,7 +20,18 @@ not counted) and the script prints, per check kind:
   serve`` keeps) (from /proc/self/task/TID/stat: user +
   system) and the whole process's (the target: <= 50 % of one core for 10,000 endpoints
   a second), and CPU microseconds per check;
-- the gap between two checks of one endpoint: p50, p99, max (1 s ± 5 % is the plan).
+- the gap between two checks of one endpoint: p50, p99, max (1 s ± 5 % is the plan);
+- the fleet's CPU per wall second (on loopback the endpoints share the 2 cores), and the
+  machine's TCP counters over the run (``/proc/net/snmp``, ``/proc/net/netstat``):
+  connections opened, listen-queue overflows and retransmitted segments (nonzero: the
+  fleet did not accept fast enough, and a connect waited for a SYN retransmission).
+
+``--floor`` then measures what the kernel alone costs per TCP check on this loopback:
+one thread connecting to every endpoint once a second with blocking sockets, no event
+loop and no prober, first a socket per connect closed with a reset (``SO_LINGER`` 0),
+then one socket reused, its connection dissolved with ``connect(AF_UNSPEC)``; and last
+the ``TcpChecker`` alone on a uvloop loop (no prober, no registry, no metrics), its
+connects started in slices every 10 ms as the prober's ticks do.
 
 Bounded: the run stops after ``--seconds``; only loopback is contacted.
 """
@@ -28,12 +39,16 @@ Bounded: the run stops after ``--seconds``; only loopback is contacted.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
+import socket
 import statistics
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -57,8 +72,10 @@ def raise_nofile(wanted: int) -> None:
 # --- the fleet (child process) -----------------------------------------------------------
 
 
-def fleet(count: int) -> None:
-    """Listen on ``count`` ports; print them as JSON; serve until stdin closes."""
+def fleet(count: int, defer: bool = False) -> None:
+    """Listen on ``count`` ports; print them as JSON; serve until stdin closes. With
+    ``defer`` the listeners use TCP_DEFER_ACCEPT: a connection that sends nothing (a TCP
+    check) is never accepted, so the fleet is never woken for it."""
     import asyncio
 
     import uvloop
@@ -99,6 +116,8 @@ def fleet(count: int) -> None:
         for i in range(count):
             host = HOSTS[i % len(HOSTS)]
             server = await loop.create_server(Endpoint, host, 0, backlog=64)
+            if defer:
+                server.sockets[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
             ports.append([host, server.sockets[0].getsockname()[1]])
         print(json.dumps(ports), flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
@@ -132,12 +151,36 @@ def thread_cpu(tid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of another process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+COUNTERS = {("Tcp", "ActiveOpens"): "opened", ("TcpExt", "ListenOverflows"): "overflows",
+            ("TcpExt", "ListenDrops"): "listen drops", ("Tcp", "RetransSegs"): "retransmits"}
+
+
+def tcp_counters() -> dict[str, int]:
+    """The machine's TCP counters that say whether connects waited on the endpoints."""
+    found = {}
+    for table in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = Path(table).read_text().splitlines()
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            group, _, keys = names.partition(": ")
+            for key, value in zip(keys.split(), values.split(": ", 1)[1].split(), strict=False):
+                if (group, key) in COUNTERS:
+                    found[COUNTERS[group, key]] = int(value)
+    return found
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str, float], str]:
+def run(kind: str, ports: list[list[object]], seconds: float,
+        fleet_pids: list[int]) -> tuple[dict[str, float], str]:
     from gslb.config import load_zone_text
     from gslb.health.thread import HealthThread
     from gslb.metrics import Metrics
@@ -170,6 +213,7 @@ def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str,
         tid = thread.native_id
         time.sleep(WARMUP)
         started, (user0, sys0), proc0 = clock(), thread_cpu(tid), time.process_time()
+        fleet0, counters0 = sum(map(process_cpu, fleet_pids)), tcp_counters()
         generation0 = registry.generation
         transitions0 = sum(registry.transition_counts().values())
         failures0 = len(failures)
@@ -179,6 +223,8 @@ def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str,
         user, system = thread_cpu(tid)
         user, system = user - user0, system - sys0
         cpu, proc = user + system, time.process_time() - proc0
+        fleet_cpu = sum(map(process_cpu, fleet_pids)) - fleet0
+        counters = {k: v - counters0[k] for k, v in tcp_counters().items()}
         checks = sum(len(t) for t in times.values()) - counted0
         publishes = registry.generation - generation0
         transitions = sum(registry.transition_counts().values()) - transitions0
@@ -207,7 +253,97 @@ def run(kind: str, ports: list[list[object]], seconds: float) -> tuple[dict[str,
         "failures": failed,
         "transitions": transitions,
         "publishes_per_s": publishes / wall,
+        "fleet_cpu_pct": 100 * fleet_cpu / wall,
+        **{f"tcp {k}": v for k, v in counters.items()},
     }, sample
+
+
+def floor(ports: list[list[object]], seconds: float) -> None:
+    """Connect to every endpoint once a second from one thread, without an event loop,
+    and print the thread's CPU per connect: a socket per connect, then one reused."""
+    reset = struct.pack("ii", 1, 0)
+    unspec = bytes(16)
+    dissolve = ctypes.CDLL(None, use_errno=True).connect
+    addresses = [(str(host), int(str(port))) for host, port in ports]
+    kept = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    kept.settimeout(1.0)  # bounded: a dropped SYN costs a second, never more
+
+    def fresh(where: tuple[str, int]) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(where)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+
+    def reused(where: tuple[str, int]) -> None:
+        kept.connect(where)
+        if dissolve(kept.fileno(), unspec, len(unspec)) != 0:
+            raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
+
+    tid = threading.get_native_id()
+    print("the kernel's part: one thread, blocking connects, every endpoint once a second")
+    with kept:
+        for name, connect in [("a socket per connect, SO_LINGER 0 close", fresh),
+                              ("one socket, connect(AF_UNSPEC) reset", reused)]:
+            started, (user0, sys0), counters0 = time.monotonic(), thread_cpu(tid), tcp_counters()
+            count = 0
+            while time.monotonic() - started < seconds:
+                second = time.monotonic()
+                for where in addresses:
+                    connect(where)
+                    count += 1
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - second)))
+            user, system = thread_cpu(tid)
+            counters = {k: v - counters0[k] for k, v in tcp_counters().items()}
+            wall = time.monotonic() - started
+            print(f"  {name:40} {count / wall:7.0f}/s  user {1e6 * (user - user0) / count:5.1f} µs"
+                  f"  system {1e6 * (system - sys0) / count:5.1f} µs per connect;  "
+                  + ", ".join(f"{k} {v}" for k, v in counters.items()), flush=True)
+    checker_alone(addresses, seconds)
+
+
+def checker_alone(addresses: list[tuple[str, int]], seconds: float) -> None:
+    """The event-loop part: ``TcpChecker`` connecting to every endpoint once a second."""
+    import asyncio
+
+    import uvloop
+
+    try:
+        from gslb.health.tcp import TcpChecker
+    except ImportError:
+        return  # a version of the package without it (--code)
+    outcomes = {"ok": 0, "failed": 0}
+
+    def done(outcome: BaseException | None) -> None:
+        outcomes["ok" if outcome is None else "failed"] += 1
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        checker = TcpChecker(loop)
+        slices = [addresses[i:i + len(addresses) // 100 or 1]
+                  for i in range(0, len(addresses), len(addresses) // 100 or 1)]
+        started, tid = time.monotonic(), threading.get_native_id()
+        (user0, sys0), counters0 = thread_cpu(tid), tcp_counters()
+        try:
+            while time.monotonic() - started < seconds:
+                second = loop.time()
+                for n, part in enumerate(slices):
+                    for where in part:
+                        checker.connect(socket.AF_INET, where, 1.0, done)
+                    await asyncio.sleep(max(0.0, second + (n + 1) / len(slices) - loop.time()))
+            while len(checker):  # bounded by the checks' timeout
+                await asyncio.sleep(0.01)
+        finally:
+            checker.close()
+        user, system = thread_cpu(tid)
+        counters = {k: v - counters0[k] for k, v in tcp_counters().items()}
+        count = sum(outcomes.values())
+        wall = time.monotonic() - started
+        print(f"  {'TcpChecker alone, uvloop':40} {count / wall:7.0f}/s  user "
+              f"{1e6 * (user - user0) / count:5.1f} µs  system {1e6 * (system - sys0) / count:5.1f}"
+              f" µs per connect;  failed {outcomes['failed']}, "
+              + ", ".join(f"{k} {v}" for k, v in counters.items()), flush=True)
+
+    uvloop.run(main())
 
 
 def main() -> None:
@@ -218,16 +354,23 @@ def main() -> None:
     parser.add_argument("--code", type=Path, default=ROOT,
                         help="the directory holding the gslb package to measure (another "
                              "version, e.g. from git archive; default: this checkout)")
+    parser.add_argument("--floor", action="store_true",
+                        help="then measure the kernel's part of a TCP check (see above)")
+    parser.add_argument("--defer-accept", action="store_true",
+                        help="the endpoints' listeners use TCP_DEFER_ACCEPT: on loopback the "
+                             "prober's thread then no longer pays for waking them and for "
+                             "their accepted sockets (the share of its CPU that is theirs)")
     parser.add_argument("--fleet", type=int, help=argparse.SUPPRESS)  # the child's role
     args = parser.parse_args()
     sys.path.insert(0, str(args.code))
     if args.fleet is not None:
-        fleet(args.fleet)
+        fleet(args.fleet, args.defer_accept)
         return
     raise_nofile(args.endpoints * 2 + 1000)
     # several fleet processes: each holds a listener and a kept connection per endpoint
     sizes = [len(range(i, args.endpoints, FLEETS)) for i in range(FLEETS)]
-    children = [subprocess.Popen([sys.executable, __file__, "--fleet", str(size)],
+    children = [subprocess.Popen([sys.executable, __file__, "--fleet", str(size)]
+                                 + ["--defer-accept"] * args.defer_accept,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 for size in sizes]
     try:
@@ -240,19 +383,23 @@ def main() -> None:
         header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
                   f"{'µs/check':>8} {'gap p50':>8} {'gap p99':>8} {'gap max':>8} "
                   f"{'rtt p50':>8} {'rtt p99':>8} "
-                  f"{'failed':>6} {'transitions':>11} {'publishes/s':>11}")
+                  f"{'failed':>6} {'transitions':>11} {'publishes/s':>11} {'fleet CPU':>9}")
         print(header)
         for kind in args.kind:
-            r, sample = run(kind, ports, args.seconds)
+            r, sample = run(kind, ports, args.seconds, [child.pid for child in children])
             print(f"{kind:5} {r['checks_per_s']:9.0f} {r['thread_cpu_pct']:9.1f}% "
                   f"{r['thread_system_pct']:7.1f}% "
                   f"{r['process_cpu_pct']:10.1f}% {r['thread_cpu_us_per_check']:8.1f} "
                   f"{r['gap_p50']:8.3f} {r['gap_p99']:8.3f} {r['gap_max']:8.3f} "
                   f"{r['rtt_p50_ms']:6.1f}ms {r['rtt_p99_ms']:6.1f}ms "
-                  f"{r['failures']:6.0f} {r['transitions']:11.0f} {r['publishes_per_s']:11.1f}",
-                  flush=True)
+                  f"{r['failures']:6.0f} {r['transitions']:11.0f} {r['publishes_per_s']:11.1f} "
+                  f"{r['fleet_cpu_pct']:8.1f}%", flush=True)
+            print("      machine TCP counters: " + ", ".join(
+                f"{k[4:]} {v:.0f}" for k, v in r.items() if k.startswith("tcp ")))
             if sample:
                 print(f"      a failed check: {sample}")
+        if args.floor:
+            floor(ports, min(args.seconds, 10.0))
         served = 0
         for child in children:
             assert child.stdin is not None and child.stdout is not None

@@ -33,6 +33,7 @@ import logging
 import random
 import resource
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -151,12 +152,14 @@ def judge_http(check: HealthCheck, outcome: Outcome, rtt: float) -> CheckResult:
     return CheckResult(False, f"HTTP {status} (expected {expected})", rtt)
 
 
-async def check_tcp(address: IPAddress, port: int, timeout: float) -> CheckResult:
+async def check_tcp(
+    address: IPAddress, port: int, timeout: float, checker: tcp.TcpChecker | None = None
+) -> CheckResult:
     """Pass when a TCP connection to ``address:port`` opens within ``timeout``."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        await tcp.check_connect(address, port, timeout)
+        await tcp.check_connect(address, port, timeout, checker)
     except (TimeoutError, OSError) as exc:
         return judge_tcp(timeout, exc, 0.0)
     return judge_tcp(timeout, None, loop.time() - started)
@@ -265,7 +268,7 @@ class _Schedule:
     """One probed endpoint: its check, when it is due next, its connection (HTTP)."""
 
     __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "spread", "stopped",
-                 "done")
+                 "done", "connected")
 
     def __init__(self, ref: EndpointRef, check: HealthCheck, due: float, http: HttpChecker) -> None:
         self.ref = ref
@@ -274,12 +277,15 @@ class _Schedule:
         self.target: HttpTarget | None = None
         if check.kind is CheckKind.HTTP and self.port is not None and 0 < self.port < 65536:
             self.target = HttpTarget(ref.address, self.port, check, http)
-        self.tcp = check.kind is CheckKind.TCP and self.port is not None
+        # TCP: the socket family and address, made once (None: not a TCP check)
+        self.tcp = None if check.kind is not CheckKind.TCP or self.port is None else (
+            tcp.sockaddr(ref.address, self.port))
         self.due = due
         self.started = due
         self.spread = SECOND
         self.stopped = False  # removed or replaced: its results are stale
         self.done: Callable[[Outcome], None] | None = None  # set by the prober, once
+        self.connected: tcp.Connected | None = None  # the same for TCP checks
 
 
 # Told of every check's outcome (metrics): endpoint, its check, passed, round trip.
@@ -314,6 +320,10 @@ class Prober:
         self._trackers: dict[EndpointRef, Tracker] = {}
         self._generation = -1
         self._http: HttpChecker | None = None
+        self._tcp: tcp.TcpChecker | None = None
+        # The running loop's clock, kept: asyncio.get_running_loop() costs a getpid()
+        # system call (it checks for a fork), one more per check.
+        self._time: Callable[[], float] = time.monotonic
         # Schedules by the tick they are due in: a list per tick, no allocation per check
         # (a heap entry per check would be a tuple that lives a whole interval, and
         # thousands of those a second make the garbage collector walk everything).
@@ -321,7 +331,6 @@ class Prober:
         self._next_tick = 0  # the first tick not yet looked at
         self._running = 0  # checks under way
         self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
-        self._connecting: dict[_Schedule, Callable[[], None]] = {}  # TCP checks under way
         self._pending: list[CheckReport] = []
         self._flush: asyncio.TimerHandle | None = None
         self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
@@ -330,8 +339,10 @@ class Prober:
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
         loop = asyncio.get_running_loop()
+        self._time = loop.time
         async with make_session() as session:
             self._http = session
+            self._tcp = tcp.TcpChecker(loop)
             try:
                 next_follow = 0.0
                 while True:
@@ -343,7 +354,7 @@ class Prober:
                     await asyncio.sleep(TICK)
             finally:
                 await self._stop_all()
-                self._http = None
+                self._http = self._tcp = None
 
     def _follow(self) -> None:
         """Catch up with the registry's latest snapshot, if it changed."""
@@ -425,6 +436,7 @@ class Prober:
             assert self._http is not None
             schedule = _Schedule(ref, check, first, self._http)
             schedule.done = functools.partial(self._http_done, schedule)
+            schedule.connected = functools.partial(self._tcp_done, schedule)
             self._targets[ref] = schedule
             self._push(schedule)
 
@@ -471,31 +483,30 @@ class Prober:
             target, schedule.check.timeout, schedule.done
         ):
             return
-        if schedule.tcp and self._connect(loop, schedule):
+        if schedule.tcp is not None and self._connect(schedule):
             return
         task = loop.create_task(self._check(schedule, http))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _connect(self, loop: asyncio.AbstractEventLoop, schedule: _Schedule) -> bool:
+    def _connect(self, schedule: _Schedule) -> bool:
         """Start a TCP check on callbacks; False when it cannot start that way."""
-        assert schedule.port is not None
-        try:
-            abandon = tcp.connect(loop, schedule.ref.address, schedule.port, schedule.check.timeout,
-                                  functools.partial(self._tcp_done, schedule))
+        assert schedule.tcp is not None and schedule.connected is not None
+        if self._tcp is None:
+            return False
+        family, where = schedule.tcp
+        try:  # closing the checker abandons it, if need be
+            self._tcp.connect(family, where, schedule.check.timeout, schedule.connected)
         except Exception:  # the task path reports it as a check error
             return False
-        self._connecting[schedule] = abandon
         return True
 
     def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
-        self._connecting.pop(schedule, None)
-        rtt = asyncio.get_running_loop().time() - schedule.started
+        rtt = self._time() - schedule.started
         self._done(schedule, judge_tcp(schedule.check.timeout, outcome, rtt))
 
     def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
-        loop = asyncio.get_running_loop()
-        self._done(schedule, judge_http(schedule.check, outcome, loop.time() - schedule.started))
+        self._done(schedule, judge_http(schedule.check, outcome, self._time() - schedule.started))
 
     async def _check(self, schedule: _Schedule, http: HttpChecker) -> None:
         try:
@@ -571,9 +582,8 @@ class Prober:
         self._signatures.clear()
         self._refs.clear()
         self._wheel.clear()
-        for abandon in self._connecting.values():
-            abandon()
-        self._connecting.clear()
+        if self._tcp is not None:
+            self._tcp.close()  # abandons the TCP checks under way
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

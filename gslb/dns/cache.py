@@ -17,7 +17,8 @@ A hit is counted on its entry (one integer increment); each entry carries the
 ``fold()`` sums the hits of the entries touched since the last fold by tally.
 
 A UDP query whose bytes after the ID were seen before, spelled the same, is found
-by those bytes alone (one slice and one dictionary lookup: what repeats in practice).
+by those bytes alone (one slice and one dictionary lookup: what repeats in practice),
+or with the resolver's host when its answer depends on the resolver.
 Otherwise lookup reads only the header and takes the question name to end at the
 first zero byte (where a plain name ends; for an unusual one the key then merely
 lower-cases less, and such entries are never patched). A message that is not a plain
@@ -76,9 +77,10 @@ class ResponseCache:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self._entries: dict[Any, _Entry | _PerSource] = {}
-        # UDP replies that depend on nothing but the query, by the query's exact bytes
-        # after its ID
-        self._exact: dict[bytes, _Entry] = {}
+        # UDP replies by the query's exact bytes after its ID: those that depend on
+        # nothing but the query, and (keyed with the resolver's host) those that depend
+        # on the resolver's subnet too, as queries without ECS do
+        self._exact: dict[bytes | tuple[bytes, str], _Entry] = {}
         self._snapshot: Snapshot | None = None
         self._touched: list[_Entry] = []  # entries hit since the last fold
         self._folded: Counter[Tally] = Counter()  # hits of entries touched before it
@@ -120,7 +122,10 @@ class ResponseCache:
     def lookup(self, data: bytes, source: Any, tcp: bool, snapshot: Snapshot) -> bytes | None:
         """The reply to ``data`` from the cache, or ``None`` on a miss."""
         if snapshot is self._snapshot and not tcp:
-            exact = self._exact.get(data[2:])
+            after_id = data[2:]
+            exact = self._exact.get(after_id)
+            if exact is None and isinstance(source, tuple):
+                exact = self._exact.get((after_id, source[0]))
             if exact is not None:
                 if exact.hits:
                     exact.hits += 1
@@ -216,6 +221,8 @@ class ResponseCache:
             return  # the answer depends on more of the resolver than its subnet
         entries[key] = _PER_SOURCE
         entries[(key, bucket)] = entry
+        if not tcp and isinstance(source, tuple):
+            self._exact[(data[2:], source[0])] = entry
 
 
 def _name_end(data: bytes) -> int | None:

@@ -399,3 +399,31 @@ def test_a_snapshot_is_applied_only_once_whole(tmp_path: Path) -> None:
             worker.wait()
         udp.close()
         tcp.close()
+
+
+_PICKLE_VALUES = """
+import pickle, sys
+from ipaddress import ip_address
+from gslb.model import EndpointRef, GeoInfo, Location
+values = [EndpointRef("www.gslb.example.com.", "eu-west", ip_address("192.0.2.10"), 8080),
+          GeoInfo("DE", "EU", Location(52.5, 13.4), 24, True)]
+if sys.argv[1] == "dump":
+    sys.stdout.buffer.write(pickle.dumps(values))
+else:
+    received = pickle.loads(sys.stdin.buffer.read())
+    assert received == values
+    assert [hash(v) for v in received] == [hash(v) for v in values]
+    assert all({v: 1}.get(r) == 1 for v, r in zip(values, received))
+"""
+
+
+def test_values_with_a_kept_hash_hash_alike_in_another_process() -> None:
+    """EndpointRef and GeoInfo keep their hash (the DNS counters and the engine's plans
+    key on them); a copy from another process, whose string hashes differ, must hash as
+    this process's own values do (the workers' snapshots and counters travel pickled)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    dumped = subprocess.run([sys.executable, "-c", _PICKLE_VALUES, "dump"], check=True,
+                            capture_output=True, env={**env, "PYTHONHASHSEED": "1"}).stdout
+    loaded = subprocess.run([sys.executable, "-c", _PICKLE_VALUES, "load"], input=dumped,
+                            capture_output=True, env={**env, "PYTHONHASHSEED": "2"})
+    assert loaded.returncode == 0, loaded.stderr.decode()

@@ -84,9 +84,10 @@ Sections = tuple[tuple[Record, ...], tuple[Record, ...], tuple[Record, ...]]
 """Answer, authority and additional records."""
 
 
-# The values of one query (Question, ClientSubnet, Edns, Query) are built for every
-# query and only read after: plain slots classes, since a frozen dataclass's checked
-# attribute setting makes each construction about 5 times as costly (BENCHMARKS.md).
+# The values of one query (ClientSubnet, Edns, Query) are built for every query and
+# only read after: plain slots classes, since a frozen dataclass's checked attribute
+# setting makes each construction about 5 times as costly (BENCHMARKS.md). A Question
+# is shared by the queries that spell it alike, and frozen.
 
 
 @dataclass(frozen=True, slots=True)

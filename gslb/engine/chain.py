@@ -116,8 +116,10 @@ def _prepared(service: ServiceView, qtype: RType, client: Client, locator: Locat
     depend on, so their outcome for (type, location) holds for every client there; the
     last step (the policy) runs per query. Trace-less only.
     """
-    key = (qtype is RType.AAAA, geo)  # a bool hashes faster than an enum member (select()
-    memo = service.memo  # reads the memo with this key itself)
+    # A bool hashes faster than an enum member. select() reads the memo with this key
+    # itself before calling here.
+    key = (qtype is RType.AAAA, geo)
+    memo = service.memo
     found: _Prepared | None = memo.get(key)
     if found is None:
         trial = Context(service, qtype, client, locator, explain=False)

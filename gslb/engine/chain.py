@@ -108,36 +108,32 @@ class _Prepared:
     deepest: int  # the largest of ``depended``, 0 when empty
 
 
-def _prepared(service: ServiceView, qtype: RType, client: Client, locator: Locator | None,
-              geo: GeoInfo | None) -> _Prepared:
-    """The candidates after every step but the last, remembered per service view.
+def _prepare(service: ServiceView, qtype: RType, client: Client, locator: Locator | None,
+             geo: GeoInfo | None, key: tuple[bool, GeoInfo | None]) -> _Prepared:
+    """The candidates after every step but the last, remembered in the service view's
+    memo under ``key`` (``select`` looks there first).
 
     Those steps read of the client only its location (``geo``) and the prefixes they
     depend on, so their outcome for (type, location) holds for every client there; the
     last step (the policy) runs per query. Trace-less only.
     """
-    # A bool hashes faster than an enum member. select() reads the memo with this key
-    # itself before calling here.
-    key = (qtype is RType.AAAA, geo)
+    trial = Context(service, qtype, client, locator, explain=False)
+    trial._geo = geo
+    candidates = list(service.endpoints)
+    for step in DEFAULT_CHAIN[:-1]:
+        candidates = step(candidates, trial)
+    plan = select_step.sticky_plan(candidates, service)
+    ttl = service.service.ttl
+    records = () if plan is None else tuple(
+        _address_record(service.name, qtype, ttl, c.endpoint.address) for c in plan.members
+    )
     memo = service.memo
-    found: _Prepared | None = memo.get(key)
-    if found is None:
-        trial = Context(service, qtype, client, locator, explain=False)
-        trial._geo = geo
-        candidates = list(service.endpoints)
-        for step in DEFAULT_CHAIN[:-1]:
-            candidates = step(candidates, trial)
-        plan = select_step.sticky_plan(candidates, service)
-        ttl = service.service.ttl
-        records = () if plan is None else tuple(
-            _address_record(service.name, qtype, ttl, c.endpoint.address) for c in plan.members
-        )
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        found = memo[key] = _Prepared(
-            candidates, trial.pool_order, tuple(trial.depended), plan, records, max(trial.depended, default=0)
-        )
-    return found
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    prepared = memo[key] = _Prepared(
+        candidates, trial.pool_order, tuple(trial.depended), plan, records, max(trial.depended, default=0)
+    )
+    return prepared
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -156,7 +152,7 @@ def select(
     """The A or AAAA records a service answers with for ``client``; without ``explain``
     the steps write no trace (the records are the same)."""
     if not explain and chain is DEFAULT_CHAIN:
-        # effective_client, client_bucket and the memo's side of _prepared, inline: this
+        # effective_client and client_bucket, inline: this
         # runs for every query the response cache does not answer
         address = client.address
         value = int(address)
@@ -167,9 +163,10 @@ def select(
             value = int(address)
             v4 = isinstance(address, IPv4Address)
         geo = locator.locate(address) if locator is not None else None
-        prepared = service.memo.get((qtype is RType.AAAA, geo))
+        key = (qtype is RType.AAAA, geo)  # a bool hashes faster than an enum member
+        prepared = service.memo.get(key)
         if prepared is None:
-            prepared = _prepared(service, qtype, client, locator, geo)
+            prepared = _prepare(service, qtype, client, locator, geo, key)
         plan = prepared.sticky
         if plan is not None:  # the common case, without a Context: hash, walk, done
             bucket, prefix = bucket_of(value, v4, client.source_prefix)

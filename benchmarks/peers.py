@@ -221,6 +221,16 @@ def make_servers(work: Path, cpu: str, workers: list[int]) -> list[Server]:
         port,
     ))
 
+    port = free_port()
+    servers.append(Server(
+        "gslb-single", "as gslb, one datagram at a time (`--no-udp-batch`)",
+        [*pin, str(python if python.exists() else sys.executable), "-m", "gslb", "serve",
+         "--zones", str(zones), "--dns", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
+         "--state", str(work / "gslb" / "state-single.sqlite"), "--no-udp-batch",
+         "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning"],
+        port,
+    ))
+
     for count in workers:
         port = free_port()
         servers.append(Server(

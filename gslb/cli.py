@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="answer DNS in N worker processes sharing the port (SO_REUSEPORT), "
                             "fed by this one, which keeps the API, the prober and the store; "
                             "0 answers DNS in this process (default: 0)")
+    serve.add_argument("--udp-batch", action=argparse.BooleanOptionalAction,
+                       default=(_env("udp_batch", "on") or "on").lower() not in ("off", "0", "no", "false"),
+                       help="on Linux, read waiting UDP queries and send their replies in "
+                            "batches (recvmmsg/sendmmsg); --no-udp-batch answers one "
+                            "datagram at a time (default: on)")
     serve.add_argument("--log-level", default=_env("log_level", "info"),
                        choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default=_env("log_format", "text"), choices=logs.FORMATS,
@@ -209,6 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
         health_quorum=args.health_quorum,
         rrl_rate=args.rrl_rate, rrl_slip=args.rrl_slip, query_log=args.query_log,
         workers=args.workers, log_level=args.log_level, log_format=args.log_format,
+        udp_batch=args.udp_batch,
     )
     try:
         import uvloop

@@ -52,6 +52,7 @@ class Settings:
     workers: int = 0  # DNS worker processes; 0: DNS runs in this process
     log_level: str = "info"  # for the workers' own log lines
     log_format: str = "text"
+    udp_batch: bool = True  # UDP in recvmmsg/sendmmsg batches where the system has them
 
 
 def open_store(state: str) -> Store:
@@ -113,7 +114,10 @@ class Gslb:
             if self.settings.rrl_rate > 0:
                 rrl = ResponseRateLimiter(self.settings.rrl_rate, self.settings.rrl_slip)
             query_log = QueryLog(self.settings.query_log) if self.settings.query_log else None
-            self._dns = DnsServer(lambda: registry.snapshot, rrl=rrl, query_log=query_log)
+            self._dns = DnsServer(
+                lambda: registry.snapshot, rrl=rrl, query_log=query_log,
+                udp_batch=self.settings.udp_batch,
+            )
             self.metrics.dns = self._dns.stats
             self.dns_port = await self._dns.start(host, port)
             log.info("dns listening on %s (udp, tcp)", _join(host, self.dns_port))
@@ -151,6 +155,7 @@ class Gslb:
         pool = WorkerPool(WorkerSettings(
             settings.workers, settings.geoip, settings.rrl_rate, settings.rrl_slip,
             settings.log_level, settings.log_format, settings.query_log,
+            udp_batch=settings.udp_batch,
         ), lambda: registry.snapshot)
         self._workers = pool
         registry.on_change(pool.notify)

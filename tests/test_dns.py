@@ -43,10 +43,11 @@ UP_ENDPOINTS = {"192.0.2.10", "192.0.2.11"}
 NEGATIVE_TTL = 30  # min(SOA TTL 3600, minimum 30)
 
 
-@pytest.fixture(scope="module")
-def port() -> Iterator[int]:
+@pytest.fixture(scope="module", params=[True, False], ids=["batched", "per-datagram"])
+def port(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A server per UDP listener (``gslb.dns.udp``): every test here runs on both."""
     snapshot = make_snapshot()
-    with ServerThread(lambda: snapshot) as server:
+    with ServerThread(lambda: snapshot, udp_batch=request.param) as server:
         yield server.port
 
 

@@ -22,6 +22,8 @@ from gslb.dns.cache import DEFAULT_CAPACITY, ResponseCache
 from gslb.dns.querylog import QueryLog
 from gslb.dns.rrl import ResponseRateLimiter
 from gslb.dns.stats import DnsStats
+from gslb.dns.udp import BatchedUdp, UdpListener, UdpProtocol
+from gslb.dns.udp import batching_available as udp_batching_available
 from gslb.engine.answer import Answer, answer
 from gslb.engine.context import Client
 from gslb.model import EndpointRef, IPAddress
@@ -51,9 +53,11 @@ class DnsServer:
         rrl: ResponseRateLimiter | None = None,
         cache_size: int = DEFAULT_CAPACITY,
         query_log: QueryLog | None = None,
+        udp_batch: bool = True,
     ) -> None:
         """``cache_size``: entries of the response cache; 0 turns the cache off.
-        ``query_log``: writes a line for the queries it samples."""
+        ``query_log``: writes a line for the queries it samples. ``udp_batch``: read and
+        answer UDP in batches where the system has ``recvmmsg`` (``gslb.dns.udp``)."""
         self._snapshots = snapshots
         self.cache = ResponseCache(cache_size) if cache_size > 0 else None
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -62,7 +66,8 @@ class DnsServer:
         self.rrl = rrl
         self.stats = DnsStats(cache=self.cache)
         self.query_log = query_log
-        self._udp: asyncio.DatagramTransport | None = None
+        self.udp_batch = udp_batch
+        self._udp: UdpListener | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[_TcpConnection] = set()
         self._limit_logged = -LIMIT_LOG_PERIOD
@@ -86,6 +91,16 @@ class DnsServer:
         self.stats.observe(perf_counter() - started)
         return reply
 
+    def answer_datagram(self, data: bytes, source_address: tuple[Any, ...]) -> bytes | None:
+        """The reply to a UDP datagram: ``respond``, then the rate limiter's say."""
+        reply = self.respond(data, source_address, False)
+        rrl = self.rrl
+        if reply is not None and rrl is not None:
+            reply = rrl.limit(reply, _ip_of_host(source_address[0]))
+            if reply is None:
+                self.stats.dropped["rate limit"] += 1
+        return reply
+
     def _compute(
         self, data: bytes, source_address: SourceAddress, tcp: bool, snapshot: Snapshot
     ) -> tuple[bytes | None, wire.Query | None, Answer | None]:
@@ -100,7 +115,7 @@ class DnsServer:
                 else:
                     stats.count((_question_type(data), query[3] & 0x0F, ()))
                 return query, None, None
-            source = (  # _source_ip, inline
+            source = (  # a socket's address tuple, or an address given in process
                 _ip_of_host(source_address[0]) if isinstance(source_address, tuple) else source_address
             )
             edns = query.edns
@@ -153,9 +168,7 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         attempts = BIND_ATTEMPTS if port == 0 else 1
         for attempt in range(attempts):
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(host, port)
-            )
+            udp = await self._listen_udp(loop, host, port)
             bound: int = udp.get_extra_info("sockname")[1]
             try:
                 tcp = await loop.create_server(lambda: _TcpConnection(self), host, bound)
@@ -172,8 +185,33 @@ class DnsServer:
         """Answer on sockets bound elsewhere (a worker's share of a SO_REUSEPORT group);
         ``tcp`` is listening already."""
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
+        if self.udp_batch and udp_batching_available():
+            self._udp = BatchedUdp(udp, self.answer_datagram, self.stats.dropped, loop)
+        else:
+            self._udp, _ = await loop.create_datagram_endpoint(self._udp_protocol, sock=udp)
         self._tcp = await loop.create_server(lambda: _TcpConnection(self), sock=tcp)
+
+    async def _listen_udp(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int
+    ) -> BatchedUdp | asyncio.DatagramTransport:
+        if not (self.udp_batch and udp_batching_available()):
+            transport, _ = await loop.create_datagram_endpoint(
+                self._udp_protocol, local_addr=(host, port)
+            )
+            return transport
+        family, kind, proto, _, address = (await loop.getaddrinfo(
+            host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        ))[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        return BatchedUdp(sock, self.answer_datagram, self.stats.dropped, loop)
+
+    def _udp_protocol(self) -> UdpProtocol:
+        return UdpProtocol(self.answer_datagram, self.stats.dropped)
 
     async def close(self) -> None:
         """Stop listening and drop every TCP connection."""
@@ -196,12 +234,6 @@ def _ip_of_host(host: str) -> IPAddress:
     return address
 
 
-def _source_ip(source: SourceAddress) -> IPAddress:
-    if isinstance(source, IPv4Address | IPv6Address):
-        return source
-    return _ip_of_host(source[0])
-
-
 def _question_type(data: bytes) -> int:
     """The question's type, found the cheap way: after the name's final zero (or 0)."""
     end = data.find(0, 12)
@@ -219,42 +251,6 @@ def _describe(source: object) -> str:
     if isinstance(source, tuple) and len(source) >= 2:
         return f"{source[0]} port {source[1]}"
     return str(source)
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer) -> None:
-        self._server = server
-        self._transport: asyncio.DatagramTransport | None = None
-        self._paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # not always a DatagramTransport subclass (CPython 3.11's selector transport)
-        self._transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        server = self._server
-        if self._paused:
-            # The send buffer is full: queries come faster than replies leave. Drop
-            # rather than queue without bound; the resolver retries.
-            server.stats.dropped["busy"] += 1
-            return
-        reply = server.respond(data, addr, tcp=False)
-        if reply is not None and server.rrl is not None:
-            reply = server.rrl.limit(reply, _source_ip(addr))
-            if reply is None:
-                server.stats.dropped["rate limit"] += 1
-        if reply is not None and self._transport is not None:
-            self._transport.sendto(reply, addr)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors from earlier replies (port unreachable); nothing to do.
-        log.debug("UDP error: %s", exc)
 
 
 class _TcpConnection(asyncio.Protocol):

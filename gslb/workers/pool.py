@@ -64,6 +64,7 @@ class WorkerSettings:
     log_level: str = "info"
     log_format: str = "text"
     query_log: int = 0  # each worker logs one of its queries in this many
+    udp_batch: bool = True
     hang_timeout: float = 10.0  # a worker that takes no snapshot for this long is replaced
 
 
@@ -209,6 +210,8 @@ class WorkerPool:
             "--log-level", settings.log_level, "--log-format", settings.log_format,
             "--query-log", str(settings.query_log),
         ]
+        if not settings.udp_batch:
+            command.append("--no-udp-batch")
         if settings.geoip is not None:
             command += ["--geoip", str(settings.geoip)]
         try:

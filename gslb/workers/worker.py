@@ -47,7 +47,9 @@ class Worker:
         self.geo_epoch = -1
         rrl = ResponseRateLimiter(args.rrl_rate, args.rrl_slip) if args.rrl_rate > 0 else None
         query_log = QueryLog(args.query_log) if args.query_log > 0 else None
-        self.server = DnsServer(lambda: self.snapshot, rrl=rrl, query_log=query_log)
+        self.server = DnsServer(
+            lambda: self.snapshot, rrl=rrl, query_log=query_log, udp_batch=args.udp_batch
+        )
 
     def apply(self, payload: bytes) -> None:
         epoch, snapshot = channel.load_snapshot(payload, self.snapshot)
@@ -132,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="text")
     parser.add_argument("--query-log", type=int, default=0)
+    parser.add_argument("--udp-batch", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     # Ctrl-C and a terminal's hangup reach the whole process group: stopping and

@@ -168,11 +168,10 @@ class BatchedUdp:
         self._answer = answer
         self._dropped = dropped
         self._loop = loop
-        # Anonymous memory: pages are touched only as datagrams need them.
+        # Anonymous memory: pages are touched only as datagrams need them. Slices of an
+        # mmap are bytes at once (a memoryview's would cost a copy more).
         self._buffers = mmap.mmap(-1, BATCH * SLOT)
-        self._data = memoryview(self._buffers)
-        self._names = bytearray(BATCH * NAME)
-        self._name_view = memoryview(self._names)
+        self._names = mmap.mmap(-1, BATCH * NAME)
         namelen = 16 if sock.family == socket.AF_INET else 28  # the kernel keeps writing this
         buffers = ctypes.addressof(ctypes.c_char.from_buffer(self._buffers))
         names = ctypes.addressof(ctypes.c_char.from_buffer(self._names))
@@ -225,25 +224,26 @@ class BatchedUdp:
                 return
 
     def _answer_batch(self, received: int) -> None:
-        data, names, lengths = self._data, self._name_view, self._lengths
+        data, names, lengths = self._buffers, self._names, self._lengths
         out_lengths, peers, answer = self._out_lengths, self._peers, self._answer
         replies = 0
         for i in range(received):
-            start = i * SLOT
-            raw = bytes(names[i * NAME : i * NAME + 28])
+            raw = names[i * NAME : i * NAME + 28]
             peer = peers.get(raw)
             if peer is None:
                 if len(peers) >= PEERS:
                     peers.clear()
                 peer = peers[raw] = _peer(raw)
-            reply = answer(bytes(data[start : start + lengths[i]]), peer)
+            start = i * SLOT
+            reply = answer(data[start : start + lengths[i]], peer)
             if reply is None:
                 continue
             if replies != i:  # an earlier datagram got no reply: close the gap
                 names[replies * NAME : replies * NAME + 28] = raw
-            at = replies * SLOT
-            data[at : at + len(reply)] = reply
-            out_lengths[replies] = len(reply)
+            size = len(reply)
+            start = replies * SLOT
+            data[start : start + size] = reply
+            out_lengths[replies] = size
             replies += 1
         if replies:
             self._send(replies)

@@ -139,6 +139,19 @@ def test_two_workers_answer_udp_and_tcp_and_metrics_sum_them(tmp_path: Path) -> 
     assert all(gone(pid) for pid in pids)
 
 
+def test_no_udp_batch_reaches_the_workers(tmp_path: Path) -> None:
+    """``--no-udp-batch`` is passed on to every worker, which answers all the same."""
+    proc, dns_port, api_port = serve(tmp_path, 1, "--no-udp-batch")
+    try:
+        (pid,) = worker_pids(api_port)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--no-udp-batch" in command
+        for _ in range(5):
+            assert addresses(dns_port) == {"192.0.2.1"}
+    finally:
+        proc.stop()
+
+
 def test_workers_route_by_their_own_geoip_database(tmp_path: Path) -> None:
     """The bundled zone and GeoIP database: the README's routing examples, from workers."""
     proc, dns_port, _ = start_gslb(tmp_path / "state.sqlite", ROOT / "zones", "--workers", "2")

@@ -185,7 +185,7 @@ class DnsServer:
         """Answer on sockets bound elsewhere (a worker's share of a SO_REUSEPORT group);
         ``tcp`` is listening already."""
         loop = asyncio.get_running_loop()
-        if self.udp_batch and udp_batching_available():
+        if self._batching():
             self._udp = BatchedUdp(udp, self.answer_datagram, self.stats.dropped, loop)
         else:
             self._udp, _ = await loop.create_datagram_endpoint(self._udp_protocol, sock=udp)
@@ -194,7 +194,7 @@ class DnsServer:
     async def _listen_udp(
         self, loop: asyncio.AbstractEventLoop, host: str, port: int
     ) -> BatchedUdp | asyncio.DatagramTransport:
-        if not (self.udp_batch and udp_batching_available()):
+        if not self._batching():
             transport, _ = await loop.create_datagram_endpoint(
                 self._udp_protocol, local_addr=(host, port)
             )
@@ -209,6 +209,9 @@ class DnsServer:
             sock.close()
             raise
         return BatchedUdp(sock, self.answer_datagram, self.stats.dropped, loop)
+
+    def _batching(self) -> bool:
+        return self.udp_batch and udp_batching_available()
 
     def _udp_protocol(self) -> UdpProtocol:
         return UdpProtocol(self.answer_datagram, self.stats.dropped)

@@ -379,3 +379,36 @@ def test_steady_rtts_publish_only_for_a_fastest_service() -> None:
         assert reg.check_note(r).rtt == 0.030  # type: ignore[union-attr]
         assert rtt == (0.030 if name == "fastest" else 0.010)
     assert moved == {"sticky": 0, "fastest": 1}
+
+
+def test_timeouts_of_checks_over_kept_connections() -> None:
+    """Checks sent over kept connections at once, timed by the checker's one sweep: a
+    slow answer times out near its deadline, a prompt one is never timed out later,
+    and each check hears of its end exactly once."""
+    slow, prompt = Endpoint(), Endpoint()
+    slow.delays = {2: 0.6}  # the first GET opens and keeps the connection; the second is slow
+
+    async def go() -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        loop = asyncio.get_running_loop()
+        heard: dict[str, list[tuple[str, float]]] = {"slow": [], "prompt": []}
+        async with HttpChecker() as checker:
+            targets = {"slow": target(slow, 0.2, checker), "prompt": target(prompt, 0.2, checker)}
+            for t in targets.values():
+                await checker.get(t)  # opens and keeps the connection
+            started = loop.time()
+            for name, t in targets.items():
+                def done(outcome: Outcome, name: str = name) -> None:
+                    kind = "response" if isinstance(outcome, Response) else type(outcome).__name__
+                    heard[name].append((kind, loop.time() - started))
+                assert checker.send(t, 0.2, done)
+            await asyncio.sleep(0.8)  # past the slow answer too
+        return heard["slow"], heard["prompt"]
+
+    try:
+        heard_slow, heard_prompt = run(go())  # type: ignore[misc]
+    finally:
+        slow.stop()
+        prompt.stop()
+    assert [kind for kind, _ in heard_slow] == ["TimeoutError"]
+    assert 0.2 <= heard_slow[0][1] < 0.45
+    assert [kind for kind, _ in heard_prompt] == ["response"]

@@ -2,8 +2,8 @@
 
 A check only says pass or fail, with a short result text and the round-trip time. A
 ``Tracker`` per endpoint turns those results into up/down transitions (gdnsd/HAProxy
-style), and only transitions reach ``registry.set_probe_state``; every result reaches
-``registry.note_check`` for the API.
+style). Every result reaches ``registry.note_checks`` (in batches) for the API, with the
+tracker's verdict when it has one.
 
 Checks: ``http`` (GET a path over HTTP or HTTPS, status range, body text, Host header;
 over a kept connection, see ``gslb.health.http``), ``tcp`` (connect, see
@@ -19,7 +19,9 @@ The ``Prober`` follows ``registry.snapshot``: new endpoints are checked within a
 tenth of a second, the second time 0.5-1 interval later, then every ``interval``
 seconds with ±5% jitter; removed endpoints stop being checked; a changed check restarts
 that endpoint's schedule. It is built for thousands of endpoints a second on one core:
-one wheel of schedules, checks on callbacks where they can, results batched.
+one wheel of schedules, checks on callbacks where they can, results batched. A check
+whose result leaves its tracker as it is (``Tracker.steady``: nearly all of them) costs
+one plain tuple for the registry and one call to the observer.
 """
 
 from __future__ import annotations

@@ -362,6 +362,8 @@ def main() -> None:
                              "their accepted sockets (the share of its CPU that is theirs)")
     parser.add_argument("--fleet", type=int, help=argparse.SUPPRESS)  # the child's role
     args = parser.parse_args()
+    if not (args.code / "gslb" / "__init__.py").is_file():
+        parser.error(f"--code {args.code}: no gslb package there (it would measure the installed one)")
     sys.path.insert(0, str(args.code))
     if args.fleet is not None:
         fleet(args.fleet, args.defer_accept)
@@ -378,8 +380,10 @@ def main() -> None:
         for child in children:
             assert child.stdout is not None
             ports += json.loads(child.stdout.readline())
+        import gslb
         print(f"{len(ports)} endpoints on {len(HOSTS)} loopback addresses; checks every 1 s; "
-              f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured")
+              f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured; the package in "
+              f"{Path(gslb.__file__).parent.parent}")
         header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
                   f"{'µs/check':>8} {'gap p50':>8} {'gap p99':>8} {'gap max':>8} "
                   f"{'rtt p50':>8} {'rtt p99':>8} "

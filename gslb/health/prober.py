@@ -562,8 +562,9 @@ class Prober:
                     # the first verdict is reported even when it agrees: it confirms the state
                     verdict, reason = after.up, before.reason(after, text)
             self._pending.append((ref, ok, text, rtt, verdict, reason))
-            if self._flush is None and self._loop is not None:
-                self._flush = self._loop.call_later(REPORT_PERIOD, self._hand_over)
+            if self._flush is None:
+                loop = self._loop or asyncio.get_running_loop()
+                self._flush = loop.call_later(REPORT_PERIOD, self._hand_over)
             if self._on_check is not None:
                 self._on_check(ref, schedule.check, ok, rtt)
         except Exception:

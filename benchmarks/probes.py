@@ -24,7 +24,9 @@ not counted) and the script prints, per check kind:
 - the fleet's CPU per wall second (on loopback the endpoints share the 2 cores), and the
   machine's TCP counters over the run (``/proc/net/snmp``, ``/proc/net/netstat``):
   connections opened, listen-queue overflows and retransmitted segments (nonzero: the
-  fleet did not accept fast enough, and a connect waited for a SYN retransmission).
+  fleet did not accept fast enough, and a connect waited for a SYN retransmission);
+- the process's garbage collections by generation over the run (objects that outlive a
+  check make the collector walk them again and again).
 
 ``--floor`` then measures what the kernel alone costs per TCP check on this loopback:
 one thread connecting to every endpoint once a second with blocking sockets, no event
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -226,7 +229,10 @@ def run(kind: str, ports: list[list[object]], seconds: float,
         transitions0 = sum(registry.transition_counts().values())
         failures0 = len(failures)
         counted0 = sum(len(t) for t in times.values())
+        collections0 = [generation["collections"] for generation in gc.get_stats()]
         time.sleep(seconds)
+        collections = [generation["collections"] - before
+                       for generation, before in zip(gc.get_stats(), collections0, strict=True)]
         wall = clock() - started
         user, system = thread_cpu(tid)
         user, system = user - user0, system - sys0
@@ -263,6 +269,7 @@ def run(kind: str, ports: list[list[object]], seconds: float,
         "publishes_per_s": publishes / wall,
         "fleet_cpu_pct": 100 * fleet_cpu / wall,
         **{f"tcp {k}": v for k, v in counters.items()},
+        **{f"gc {n}": count for n, count in enumerate(collections)},
     }, sample
 
 
@@ -489,6 +496,8 @@ def main() -> None:
                   f"{r['fleet_cpu_pct']:8.1f}%", flush=True)
             print("      machine TCP counters: " + ", ".join(
                 f"{k[4:]} {v:.0f}" for k, v in r.items() if k.startswith("tcp ")))
+            print("      garbage collections of the process (generations 0, 1, 2): "
+                  + ", ".join(f"{r[f'gc {n}']:.0f}" for n in range(3)))
             if sample:
                 print(f"      a failed check: {sample}")
         if args.floor:

@@ -138,8 +138,8 @@ class TcpChecker:
             self._swept = int(now / RESOLUTION)
             self._sweep = self._loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts)
         # the first sweep after the deadline, and never a tick already swept, even when a
-        # sweep's own callback starts a check (timeout >= 0)
-        tick = int((now + timeout) / RESOLUTION) + 1
+        # sweep's own callback starts a check
+        tick = int((now + max(timeout, 0.0)) / RESOLUTION) + 1
         check = _Connect(self, sock, family, done, tick)
         self._pending[check.fd] = check
         due = self._deadlines.get(tick)

@@ -1,7 +1,7 @@
 """10,000 endpoints probed every second: the prober's CPU, rate and timing, on loopback.
 
     .venv/bin/python benchmarks/probes.py [--endpoints 10000] [--seconds 15] [--kind http tcp]
-                                          [--code DIR]
+                                          [--code DIR] [--floor] [--defer-accept] [--common]
 
 ``--code`` measures another version of the package side by side, e.g. the one before
 kept connections: ``git archive 3aac5ff gslb | tar -x -C /tmp/before`` then
@@ -24,7 +24,9 @@ not counted) and the script prints, per check kind:
 - the fleet's CPU per wall second (on loopback the endpoints share the 2 cores), and the
   machine's TCP counters over the run (``/proc/net/snmp``, ``/proc/net/netstat``):
   connections opened, listen-queue overflows and retransmitted segments (nonzero: the
-  fleet did not accept fast enough, and a connect waited for a SYN retransmission).
+  fleet did not accept fast enough, and a connect waited for a SYN retransmission);
+- the process's garbage collections by generation over the run (objects that outlive a
+  check make the collector walk them again and again).
 
 ``--floor`` then measures what the kernel alone costs per TCP check on this loopback:
 one thread connecting to every endpoint once a second with blocking sockets, no event
@@ -33,6 +35,14 @@ then one socket reused, its connection dissolved with ``connect(AF_UNSPEC)``; an
 the ``TcpChecker`` alone on a uvloop loop (no prober, no registry, no metrics), its
 connects started in slices every 10 ms as the prober's ticks do.
 
+``--common`` measures the prober's common per-check path alone, the same for every kind
+of check (the schedule wheel, rise/fall, the batched report to ``registry.note_checks``,
+the check metrics): no fleet and no sockets, 10,000 TCP endpoints whose checker finishes
+every connect at once, on a clock the script moves by 10 ms ticks; it prints the CPU µs
+per check of each simulated second (median and best). It drives the prober's internals
+(``_start_due``, ``_hand_over``), as a profiler would: a package that renames them
+cannot be measured this way.
+
 Bounded: the run stops after ``--seconds``; only loopback is contacted.
 """
 
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -218,7 +229,10 @@ def run(kind: str, ports: list[list[object]], seconds: float,
         transitions0 = sum(registry.transition_counts().values())
         failures0 = len(failures)
         counted0 = sum(len(t) for t in times.values())
+        collections0 = [generation["collections"] for generation in gc.get_stats()]
         time.sleep(seconds)
+        collections = [generation["collections"] - before
+                       for generation, before in zip(gc.get_stats(), collections0, strict=True)]
         wall = clock() - started
         user, system = thread_cpu(tid)
         user, system = user - user0, system - sys0
@@ -255,6 +269,7 @@ def run(kind: str, ports: list[list[object]], seconds: float,
         "publishes_per_s": publishes / wall,
         "fleet_cpu_pct": 100 * fleet_cpu / wall,
         **{f"tcp {k}": v for k, v in counters.items()},
+        **{f"gc {n}": count for n, count in enumerate(collections)},
     }, sample
 
 
@@ -346,6 +361,82 @@ def checker_alone(addresses: list[tuple[str, int]], seconds: float) -> None:
     uvloop.run(main())
 
 
+class _InstantChecker:
+    """Stands in for ``TcpChecker`` in ``--common``: every connect finishes at the next
+    step of the script, connected."""
+
+    def __init__(self) -> None:
+        self.started: list[object] = []
+
+    def connect(self, family: int, where: object, timeout: float, done: object) -> None:
+        self.started.append(done)
+
+    def close(self) -> None:
+        self.started.clear()
+
+
+def common_path(endpoints: int, seconds: float) -> None:
+    """The prober's per-check path with checks that finish at once (see ``--common``)."""
+    import asyncio
+
+    import uvloop
+
+    from gslb.config import load_zone_text
+    from gslb.health import prober
+    from gslb.metrics import Metrics
+    from gslb.registry import Registry
+
+    ports: list[list[object]] = [[HOSTS[i % len(HOSTS)], 20000 + i] for i in range(endpoints)]
+    registry = Registry()
+    registry.load_zones([load_zone_text(zone_text(ports, "tcp", 100), "probes.yaml")])
+    metrics = Metrics(lambda: registry.snapshot, registry.transition_counts)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        probe = prober.Prober(registry, endpoints * 10, on_check=metrics.observe_check)
+        clock = [loop.time()]
+
+        class Clock:  # what _start_due reads of its loop
+            def time(self) -> float:
+                return clock[0]
+
+        # the prober's internals, as a profiler would see them (see --common above)
+        probe._time = lambda: clock[0]
+        checker = _InstantChecker()
+        async with prober.make_session() as session:
+            probe._http, probe._tcp = session, checker  # type: ignore[assignment]
+            probe._follow()
+            clock[0] = loop.time()
+            checks = 0
+
+            def one_second() -> None:
+                nonlocal checks
+                for _ in range(100):  # ticks of 10 ms; a report batch each, as REPORT_PERIOD
+                    clock[0] += 0.01
+                    probe._start_due(Clock())  # type: ignore[arg-type]
+                    started, checker.started = checker.started, []
+                    for done in started:
+                        done(None)  # type: ignore[operator]
+                    checks += len(started)
+                    if probe._flush is not None:
+                        probe._flush.cancel()
+                    probe._hand_over()
+
+            for _ in range(3):  # the first checks, the second ones, then the steady state
+                one_second()
+            per_check = []
+            for _ in range(max(1, int(seconds))):
+                before, cpu = checks, time.thread_time()
+                one_second()
+                per_check.append(1e6 * (time.thread_time() - cpu) / max(checks - before, 1))
+            probe._http = probe._tcp = None
+        print(f"the prober's common path, {endpoints} endpoints, {len(per_check)} simulated "
+              f"seconds: {statistics.median(per_check):.2f} µs of CPU per check (median; best "
+              f"{min(per_check):.2f}); {checks} checks, {registry.generation} snapshots")
+
+    uvloop.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--endpoints", type=int, default=10_000)
@@ -360,11 +451,18 @@ def main() -> None:
                         help="the endpoints' listeners use TCP_DEFER_ACCEPT: on loopback the "
                              "prober's thread then no longer pays for waking them and for "
                              "their accepted sockets (the share of its CPU that is theirs)")
+    parser.add_argument("--common", action="store_true",
+                        help="only the prober's common per-check path, without sockets (see above)")
     parser.add_argument("--fleet", type=int, help=argparse.SUPPRESS)  # the child's role
     args = parser.parse_args()
+    if not (args.code / "gslb" / "__init__.py").is_file():
+        parser.error(f"--code {args.code}: no gslb package there (it would measure the installed one)")
     sys.path.insert(0, str(args.code))
     if args.fleet is not None:
         fleet(args.fleet, args.defer_accept)
+        return
+    if args.common:
+        common_path(args.endpoints, args.seconds)
         return
     raise_nofile(args.endpoints * 2 + 1000)
     # several fleet processes: each holds a listener and a kept connection per endpoint
@@ -378,8 +476,10 @@ def main() -> None:
         for child in children:
             assert child.stdout is not None
             ports += json.loads(child.stdout.readline())
+        import gslb
         print(f"{len(ports)} endpoints on {len(HOSTS)} loopback addresses; checks every 1 s; "
-              f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured")
+              f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured; the package in "
+              f"{Path(gslb.__file__).parent.parent}")
         header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
                   f"{'µs/check':>8} {'gap p50':>8} {'gap p99':>8} {'gap max':>8} "
                   f"{'rtt p50':>8} {'rtt p99':>8} "
@@ -396,6 +496,8 @@ def main() -> None:
                   f"{r['fleet_cpu_pct']:8.1f}%", flush=True)
             print("      machine TCP counters: " + ", ".join(
                 f"{k[4:]} {v:.0f}" for k, v in r.items() if k.startswith("tcp ")))
+            print("      garbage collections of the process (generations 0, 1, 2): "
+                  + ", ".join(f"{r[f'gc {n}']:.0f}" for n in range(3)))
             if sample:
                 print(f"      a failed check: {sample}")
         if args.floor:

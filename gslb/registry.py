@@ -85,9 +85,11 @@ class CheckNote(NamedTuple):
     rtt: float | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CheckReport:
-    """One probe result for ``note_checks``, with the prober's verdict when it has one."""
+class CheckReport(NamedTuple):
+    """One probe result for ``note_checks``, with the prober's verdict when it has one.
+
+    A tuple: the prober reports thousands a second, as plain tuples of these fields (a
+    plain tuple costs 0.05 µs to make, this class 0.4, a frozen dataclass 1.3)."""
 
     ref: EndpointRef
     ok: bool
@@ -95,6 +97,10 @@ class CheckReport:
     rtt: float | None
     verdict: bool | None = None  # up or down after rise/fall, when it changed or was the first
     reason: str = ""  # why, for the log and the history
+
+
+# A CheckReport's fields, as the prober hands them over
+CheckFields = tuple[EndpointRef, bool, str, float | None, bool | None, str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -450,9 +456,10 @@ class Registry:
         """Keep a probe's latest result for the API (see ``note_checks``)."""
         self.note_checks([CheckReport(ref, ok, result, rtt)])
 
-    def note_checks(self, reports: Iterable[CheckReport]) -> None:
-        """Keep a batch of probe results, and the verdicts among them, under one lock
-        and in at most one new snapshot.
+    def note_checks(self, reports: Iterable[CheckFields]) -> None:
+        """Keep a batch of probe results (``CheckReport``s, or plain tuples of their
+        fields), and the verdicts among them, under one lock and in at most one new
+        snapshot.
 
         A verdict that changes whether an endpoint is answered is published at once, and
         so is an RTT that moved for a ``fastest`` service (which orders by it; see
@@ -464,20 +471,28 @@ class Registry:
         with self._lock:
             now = self._clock()
             urgent = lazy = False
-            for report in reports:
-                ref = report.ref
-                if not self._known(ref):
+            checks, health, services = self._checks, self._health, self._services
+            for ref, ok, result, rtt, verdict, reason in reports:
+                # A steady check costs one write here: an endpoint with a check note is
+                # known (its notes go when it goes), so only a first note asks _known.
+                count = len(checks)
+                checks[ref] = (result, ok, now, rtt)
+                if len(checks) != count and not self._known(ref):
+                    del checks[ref]
                     continue  # deregistered while its check was in flight
-                self._checks[ref] = (report.result, report.ok, now, report.rtt)
-                if report.ok and report.rtt is not None:
-                    changed = self._keep_rtt(ref, report.rtt)
-                    urgent = urgent or changed is True
-                    lazy = lazy or changed is None
-                if report.verdict is not None:
+                if ok and rtt is not None:
+                    kept = health.get(ref)
+                    found = services.get(ref.service)
+                    if (kept is None or kept.rtt is None
+                            or (found is not None and found[1].policy is Policy.FASTEST)):
+                        changed = self._keep_rtt(ref, rtt)
+                        urgent = urgent or changed is True
+                        lazy = lazy or changed is None
+                if verdict is not None:
                     verdicts = True
-                    self._local_probe[ref] = report.verdict
+                    self._local_probe[ref] = verdict
                     before = self._current(ref)
-                    if self._decide_probe(ref, report.reason):
+                    if self._decide_probe(ref, reason):
                         urgent = urgent or self._current(ref).up != before.up
                         lazy = True
             if lazy and not urgent and now - self._lazy_published < LAZY_PUBLISH:

@@ -22,6 +22,7 @@ from gslb.config import load_zone_text, parse_check
 from gslb.health.http import HttpChecker, HttpTarget, Outcome, Response
 from gslb.health.prober import CheckResult, Prober, run_check
 from gslb.health.thread import HealthThread
+from gslb.model import Endpoint as ModelEndpoint
 from gslb.model import EndpointRef
 from gslb.registry import CheckReport, Registry
 
@@ -318,3 +319,96 @@ def test_the_concurrency_limit_holds() -> None:
     finally:
         for server in servers:
             server.stop()
+
+
+def test_late_results_of_removed_endpoints_are_dropped() -> None:
+    """A result that arrives after its endpoint went (deregistered, or gone from the
+    zone file) leaves no note and no health behind, whether or not the endpoint had a
+    note before; the prober's plain tuples count as CheckReports."""
+    registry = Registry()
+    registry.load_zones([load_zone_text(zone("http", [9001, 9002]), "z.yaml")])
+    service = "www.gslb.example.com."
+    kept, dropped = (EndpointRef(service, "main", ip_address(HOST), p) for p in (9001, 9002))
+    registry.register(service, "main", ModelEndpoint(ip_address("127.0.0.92"), 9003))
+    registered = EndpointRef(service, "main", ip_address("127.0.0.92"), 9003)
+    noted = registered  # noted before it goes; `never` goes before its first note
+    registry.note_checks([(noted, True, "HTTP 200", 0.001, None, "")])
+    registry.register(service, "main", ModelEndpoint(ip_address("127.0.0.92"), 9004))
+    never = EndpointRef(service, "main", ip_address("127.0.0.92"), 9004)
+    registry.note_checks([(dropped, True, "HTTP 200", 0.001, True, "first check passed")])
+    assert registry.check_note(noted) is not None and registry.check_note(dropped) is not None
+
+    registry.deregister(service, "main", ip_address("127.0.0.92"), 9003)
+    registry.deregister(service, "main", ip_address("127.0.0.92"), 9004)
+    registry.load_zones([load_zone_text(zone("http", [9001]), "z.yaml")])
+    generation = registry.generation
+    registry.note_checks([(ref, False, "HTTP 500", None, False, "1 failed check")
+                          for ref in (noted, never, dropped)]
+                         + [(kept, True, "HTTP 200", 0.003, None, "")])
+    for gone in (noted, never, dropped):
+        assert registry.check_note(gone) is None
+        assert registry.notes(gone).history == ()
+    assert registry.generation == generation  # nothing that answers use changed
+    note = registry.check_note(kept)
+    assert note is not None and (note.result, note.ok, note.rtt) == ("HTTP 200", True, 0.003)
+    # registered again: it starts afresh, as a new endpoint
+    registry.register(service, "main", ModelEndpoint(ip_address("127.0.0.92"), 9003))
+    assert registry.check_note(noted) is None
+    registry.note_checks([CheckReport(noted, True, "HTTP 204", 0.002)])
+    note = registry.check_note(noted)
+    assert note is not None and note.result == "HTTP 204"
+
+
+def test_steady_rtts_publish_only_for_a_fastest_service() -> None:
+    registry = Registry()
+    text = zone("http", [9001])
+    registry.load_zones([load_zone_text(text, "z.yaml")])
+    fastest = Registry()
+    fastest.load_zones([load_zone_text(text.replace("    check:", "    policy: fastest\n    check:"),
+                                       "z.yaml")])
+    r = EndpointRef("www.gslb.example.com.", "main", ip_address(HOST), 9001)
+    for reg in (registry, fastest):
+        reg.note_checks([(r, True, "HTTP 200", 0.010, True, "first check passed")])
+    moved = {}
+    for name, reg in (("sticky", registry), ("fastest", fastest)):
+        start = reg.generation
+        reg.note_checks([(r, True, "HTTP 200", 0.0101, None, "")])  # jitter: nothing
+        reg.note_checks([(r, True, "HTTP 200", 0.030, None, "")])  # moved by 20 ms
+        moved[name] = reg.generation - start
+        rtt = reg.snapshot.service("www.gslb.example.com.").endpoints[0].health.rtt  # type: ignore[union-attr]
+        assert reg.check_note(r).rtt == 0.030  # type: ignore[union-attr]
+        assert rtt == (0.030 if name == "fastest" else 0.010)
+    assert moved == {"sticky": 0, "fastest": 1}
+
+
+def test_timeouts_of_checks_over_kept_connections() -> None:
+    """Checks sent over kept connections at once, timed by the checker's one sweep: a
+    slow answer times out near its deadline, a prompt one is never timed out later,
+    and each check hears of its end exactly once."""
+    slow, prompt = Endpoint(), Endpoint()
+    slow.delays = {2: 0.6}  # the first GET opens and keeps the connection; the second is slow
+
+    async def go() -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        loop = asyncio.get_running_loop()
+        heard: dict[str, list[tuple[str, float]]] = {"slow": [], "prompt": []}
+        async with HttpChecker() as checker:
+            targets = {"slow": target(slow, 0.2, checker), "prompt": target(prompt, 0.2, checker)}
+            for t in targets.values():
+                await checker.get(t)  # opens and keeps the connection
+            started = loop.time()
+            for name, t in targets.items():
+                def done(outcome: Outcome, name: str = name) -> None:
+                    kind = "response" if isinstance(outcome, Response) else type(outcome).__name__
+                    heard[name].append((kind, loop.time() - started))
+                assert checker.send(t, 0.2, done)
+            await asyncio.sleep(0.8)  # past the slow answer too
+        return heard["slow"], heard["prompt"]
+
+    try:
+        heard_slow, heard_prompt = run(go())  # type: ignore[misc]
+    finally:
+        slow.stop()
+        prompt.stop()
+    assert [kind for kind, _ in heard_slow] == ["TimeoutError"]
+    assert 0.2 <= heard_slow[0][1] < 0.45
+    assert [kind for kind, _ in heard_prompt] == ["response"]

@@ -326,3 +326,21 @@ def test_a_timeout_below_the_sweep_resolution_fires_at_the_next_sweep(blackhole:
     outcome, waited = asyncio.run(go())
     assert isinstance(outcome, TimeoutError)
     assert waited < 2 * tcp.RESOLUTION + 0.1
+
+
+def test_a_timeout_of_zero_or_less_fires_at_the_next_sweep(blackhole: int) -> None:
+    async def go() -> list[tuple[Outcome, float]]:
+        checker = tcp.TcpChecker(asyncio.get_running_loop())
+        try:
+            found = []
+            for timeout in (0.0, -5.0):
+                started = time.monotonic()
+                outcome = await one(checker, HOST, blackhole, timeout=timeout)
+                found.append((outcome, time.monotonic() - started))
+            return found
+        finally:
+            checker.close()
+
+    for outcome, waited in asyncio.run(go()):
+        assert isinstance(outcome, TimeoutError)
+        assert waited < 2 * tcp.RESOLUTION + 0.1

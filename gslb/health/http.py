@@ -11,6 +11,9 @@ new connections while serving its old ones, or a renewed certificate, is noticed
 that time. A kept connection that the endpoint closed while idle is retried once on a
 fresh connection, as HTTP clients do for idempotent requests. A check that fails for any
 reason closes its connection: the next one starts afresh.
+
+A check's timeout comes from one sweep every ``RESOLUTION`` while checks are under way,
+not a timer per check (on uvloop a timer made and cancelled costs 2.5 µs).
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ import asyncio
 import functools
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
+from typing import NamedTuple, cast
 from urllib.parse import quote
 
 import httptools
@@ -31,6 +33,7 @@ from gslb.model import HealthCheck, IPAddress
 USER_AGENT = "gslb-prober/0.1"
 MAX_BODY = 64 * 1024  # bytes of a response searched for the check's ``body`` text
 MAX_AGE = 30.0  # seconds a connection is reused before the next check opens a new one
+RESOLUTION = 0.01  # seconds: a check's timeout fires up to this much late (plus loop latency)
 
 _VERIFYING = ssl.create_default_context()
 _ANY_CERTIFICATE = ssl.create_default_context()
@@ -49,8 +52,9 @@ class BadResponseError(ValueError):
     """The endpoint's answer is not HTTP."""
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
+    """A check's response (a tuple: one is made per check, thousands a second)."""
+
     status: int
     body: bytes  # at most MAX_BODY bytes, and only when asked for
     keep_alive: bool
@@ -89,7 +93,7 @@ class _Exchange(asyncio.Protocol):
         self.opened = loop.time()
         self.closed = False
         self._done: Done | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.tick = 0  # the owner's sweep that times the exchange out; 0: none
         self._want_body = False
         self._body = bytearray()
         self._status = 0  # of the response being read; 0: headers not complete yet
@@ -104,7 +108,7 @@ class _Exchange(asyncio.Protocol):
         self._status = 0
         self.got_bytes = False
         if timeout is not None:
-            self._timer = self._loop.call_later(timeout, self._time_out)
+            self._owner._arm(self, timeout)
         self.transport.write(data)
 
     def request(self, data: bytes, want_body: bool) -> asyncio.Future[Response]:
@@ -175,8 +179,8 @@ class _Exchange(asyncio.Protocol):
 
     # --- the end of an exchange ---
 
-    def _time_out(self) -> None:
-        self._timer = None
+    def time_out(self) -> None:
+        """The owner's sweep found it past its timeout."""
         self._fail(TimeoutError())
 
     def _finish(self, keep_alive: bool) -> None:
@@ -194,9 +198,8 @@ class _Exchange(asyncio.Protocol):
 
     def _end(self) -> Done | None:
         done, self._done = self._done, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.tick:
+            self._owner._disarm(self)
         return done
 
 
@@ -234,6 +237,11 @@ class HttpChecker:
         self._open: set[_Exchange] = set()  # every connection, idle or not
         self._retries: set[asyncio.Task[None]] = set()
         self._closing = False
+        # Exchanges by the sweep tick that times them out; a dict per tick so that a
+        # finished exchange leaves at once.
+        self._deadlines: dict[int, dict[_Exchange, None]] = {}
+        self._swept = 0  # the last tick swept
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> HttpChecker:
         return self
@@ -255,6 +263,53 @@ class HttpChecker:
     def close(self) -> None:
         for exchange in list(self._open):
             exchange.close()
+        self._stop_sweeping()
+
+    def _arm(self, exchange: _Exchange, timeout: float) -> None:
+        """Time ``exchange`` out after ``timeout`` seconds, unless it ends before."""
+        loop = exchange._loop
+        now = loop.time()
+        if self._sweep is None:
+            self._swept = int(now / RESOLUTION)
+            self._sweep = loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts, loop)
+        # the first sweep after the deadline, never one already swept (timeout >= 0)
+        tick = exchange.tick = int((now + max(timeout, 0.0)) / RESOLUTION) + 1
+        due = self._deadlines.get(tick)
+        if due is None:
+            self._deadlines[tick] = {exchange: None}
+        else:
+            due[exchange] = None
+
+    def _disarm(self, exchange: _Exchange) -> None:
+        tick, exchange.tick = exchange.tick, 0
+        due = self._deadlines.get(tick)
+        if due is not None:  # else its tick is being swept
+            due.pop(exchange, None)
+            if not due:
+                del self._deadlines[tick]
+        if not self._deadlines:  # nothing left to time: no sweep waits on a loop
+            self._stop_sweeping()
+
+    def _stop_sweeping(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+
+    def _timeouts(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Time out the exchanges whose tick has come; again while any are under way."""
+        self._sweep = None
+        now = int(loop.time() / RESOLUTION)
+        for tick in range(self._swept + 1, now + 1):
+            due = self._deadlines.pop(tick, None)
+            if due is None:
+                continue
+            for exchange in list(due):
+                if exchange.tick == tick:  # not ended by an earlier one's callback
+                    exchange.tick = 0
+                    exchange.time_out()
+        self._swept = max(self._swept, now)
+        if self._deadlines and self._sweep is None:
+            self._sweep = loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts, loop)
 
     @property
     def kept(self) -> int:

@@ -2,8 +2,8 @@
 
 A check only says pass or fail, with a short result text and the round-trip time. A
 ``Tracker`` per endpoint turns those results into up/down transitions (gdnsd/HAProxy
-style), and only transitions reach ``registry.set_probe_state``; every result reaches
-``registry.note_check`` for the API.
+style). Every result reaches ``registry.note_checks`` (in batches) for the API, with the
+tracker's verdict when it has one.
 
 Checks: ``http`` (GET a path over HTTP or HTTPS, status range, body text, Host header;
 over a kept connection, see ``gslb.health.http``), ``tcp`` (connect, see
@@ -19,7 +19,9 @@ The ``Prober`` follows ``registry.snapshot``: new endpoints are checked within a
 tenth of a second, the second time 0.5-1 interval later, then every ``interval``
 seconds with ±5% jitter; removed endpoints stop being checked; a changed check restarts
 that endpoint's schedule. It is built for thousands of endpoints a second on one core:
-one wheel of schedules, checks on callbacks where they can, results batched.
+one wheel of schedules, checks on callbacks where they can, results batched. A check
+whose result leaves its tracker as it is (``Tracker.steady``: nearly all of them) costs
+one plain tuple for the registry and one call to the observer.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from gslb.health import tcp
 from gslb.health.http import BadResponseError, HttpChecker, HttpTarget, Outcome, Response
 from gslb.model import CheckKind, EndpointRef, HealthCheck, IPAddress
-from gslb.registry import CheckReport, Registry
+from gslb.registry import CheckFields, Registry
 from gslb.snapshot import ServiceView, Snapshot
 
 log = logging.getLogger("gslb.health")
@@ -131,25 +133,35 @@ async def check_http(
 
 def judge_http(check: HealthCheck, outcome: Outcome, rtt: float) -> CheckResult:
     """What an HTTP check's response (or error) says, by the check's rules."""
+    return CheckResult(*_judge_http(check, outcome, rtt))
+
+
+Judged = tuple[bool, str, float | None]  # a CheckResult's fields, made for each check
+
+
+def _judge_http(check: HealthCheck, outcome: Outcome, rtt: float) -> Judged:
     if not isinstance(outcome, Response):
         if isinstance(outcome, TimeoutError):
-            return CheckResult(False, f"timeout after {check.timeout:g}s")
+            return False, f"timeout after {check.timeout:g}s", None
         if isinstance(outcome, OSError):
-            return CheckResult(False, _os_error_text(outcome))
+            return False, _os_error_text(outcome), None
         if isinstance(outcome, BadResponseError):
-            return CheckResult(False, str(outcome))
-        return CheckResult(False, f"check error: {_error_text(outcome)}")
+            return False, str(outcome), None
+        return False, f"check error: {_error_text(outcome)}", None
     status = outcome.status
     if check.expect_min <= status <= check.expect_max:
         if check.body is not None and check.body.encode() not in outcome.body:
-            return CheckResult(False, f"HTTP {status} without {check.body!r} in the body", rtt)
-        return CheckResult(True, f"HTTP {status}", rtt)
+            return False, f"HTTP {status} without {check.body!r} in the body", rtt
+        return True, _STATUS_TEXT.get(status) or f"HTTP {status}", rtt
     expected = (
         str(check.expect_min)
         if check.expect_min == check.expect_max
         else f"{check.expect_min}-{check.expect_max}"
     )
-    return CheckResult(False, f"HTTP {status} (expected {expected})", rtt)
+    return False, f"HTTP {status} (expected {expected})", rtt
+
+
+_STATUS_TEXT = {status: f"HTTP {status}" for status in range(200, 400)}  # made once, not per check
 
 
 async def check_tcp(
@@ -167,13 +179,17 @@ async def check_tcp(
 
 def judge_tcp(timeout: float, outcome: BaseException | None, rtt: float) -> CheckResult:
     """What a TCP connect's outcome says."""
+    return CheckResult(*_judge_tcp(timeout, outcome, rtt))
+
+
+def _judge_tcp(timeout: float, outcome: BaseException | None, rtt: float) -> Judged:
     if outcome is None:
-        return CheckResult(True, "connected", rtt)
+        return True, "connected", rtt
     if isinstance(outcome, TimeoutError):
-        return CheckResult(False, f"timeout after {timeout:g}s")
+        return False, f"timeout after {timeout:g}s", None
     if isinstance(outcome, OSError):
-        return CheckResult(False, _os_error_text(outcome))
-    return CheckResult(False, f"check error: {_error_text(outcome)}")
+        return False, _os_error_text(outcome), None
+    return False, f"check error: {_error_text(outcome)}", None
 
 
 async def run_check(
@@ -237,6 +253,14 @@ class Tracker:
     def up(self) -> bool:
         return self.state is not ProbeState.DOWN
 
+    @property
+    def steady(self) -> bool | None:
+        """The check result that leaves this tracker as it is (``observe`` returns it
+        unchanged); None when every result changes it."""
+        if self.state is ProbeState.UNCONFIRMED or self.streak:
+            return None
+        return self.up
+
     def observe(self, ok: bool) -> Tracker:
         """The tracker after one more check result."""
         if self.state is ProbeState.UNCONFIRMED:
@@ -265,14 +289,21 @@ class Tracker:
 
 
 class _Schedule:
-    """One probed endpoint: its check, when it is due next, its connection (HTTP)."""
+    """One probed endpoint: its check, when it is due next, its connection (HTTP), its
+    rise/fall tracker."""
 
     __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "spread", "stopped",
-                 "done", "connected")
+                 "done", "connected", "tracker", "steady")
 
-    def __init__(self, ref: EndpointRef, check: HealthCheck, due: float, http: HttpChecker) -> None:
+    def __init__(
+        self, ref: EndpointRef, check: HealthCheck, due: float, http: HttpChecker, tracker: Tracker,
+        http_done: Callable[[_Schedule, Outcome], None],
+        tcp_done: Callable[[_Schedule, BaseException | None], None],
+    ) -> None:
         self.ref = ref
         self.check = check
+        self.tracker = tracker
+        self.steady = tracker.steady  # the result that changes nothing: most checks' result
         self.port = check_port(check, ref.port)
         self.target: HttpTarget | None = None
         if check.kind is CheckKind.HTTP and self.port is not None and 0 < self.port < 65536:
@@ -284,8 +315,9 @@ class _Schedule:
         self.started = due
         self.spread = SECOND
         self.stopped = False  # removed or replaced: its results are stale
-        self.done: Callable[[Outcome], None] | None = None  # set by the prober, once
-        self.connected: tcp.Connected | None = None  # the same for TCP checks
+        # what a check's end calls: made once, not per check
+        self.done: Callable[[Outcome], None] = functools.partial(http_done, self)
+        self.connected: tcp.Connected = functools.partial(tcp_done, self)
 
 
 # Told of every check's outcome (metrics): endpoint, its check, passed, round trip.
@@ -317,13 +349,14 @@ class Prober:
         self._max_concurrent = max_concurrent
         self._rng = rng or random.Random()
         self._targets: dict[EndpointRef, _Schedule] = {}
-        self._trackers: dict[EndpointRef, Tracker] = {}
         self._generation = -1
         self._http: HttpChecker | None = None
         self._tcp: tcp.TcpChecker | None = None
         # The running loop's clock, kept: asyncio.get_running_loop() costs a getpid()
         # system call (it checks for a fork), one more per check.
         self._time: Callable[[], float] = time.monotonic
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._random = self._rng.random
         # Schedules by the tick they are due in: a list per tick, no allocation per check
         # (a heap entry per check would be a tuple that lives a whole interval, and
         # thousands of those a second make the garbage collector walk everything).
@@ -331,14 +364,14 @@ class Prober:
         self._next_tick = 0  # the first tick not yet looked at
         self._running = 0  # checks under way
         self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
-        self._pending: list[CheckReport] = []
+        self._pending: list[CheckFields] = []  # plain tuples: thousands a second
         self._flush: asyncio.TimerHandle | None = None
         self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
         self._refs: dict[str, set[EndpointRef]] = {}  # service -> its probed endpoints
 
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._time = loop.time
         async with make_session() as session:
             self._http = session
@@ -420,8 +453,8 @@ class Prober:
         for ref, (check, probe_up) in wanted.items():
             refs.add(ref)
             schedule = self._targets.get(ref)
-            tracker = self._trackers.get(ref)
-            if schedule is not None and tracker is not None:
+            if schedule is not None:
+                tracker = schedule.tracker
                 if schedule.check == check and tracker.up == probe_up:
                     continue
                 self._stop(ref)
@@ -431,12 +464,10 @@ class Prober:
                     tracker = Tracker.start(check, probe_up)
             else:
                 tracker = Tracker.start(check, probe_up)
-            self._trackers[ref] = tracker
             first = now + self._rng.uniform(0, min(check.interval, stagger))
             assert self._http is not None
-            schedule = _Schedule(ref, check, first, self._http)
-            schedule.done = functools.partial(self._http_done, schedule)
-            schedule.connected = functools.partial(self._tcp_done, schedule)
+            schedule = _Schedule(ref, check, first, self._http, tracker, self._http_done,
+                                 self._tcp_done)
             self._targets[ref] = schedule
             self._push(schedule)
 
@@ -446,13 +477,12 @@ class Prober:
             schedule.stopped = True  # left in the wheel; dropped when it comes up
             if schedule.target is not None and self._http is not None:
                 self._http.forget(schedule.target)
-        self._trackers.pop(ref, None)
 
     # --- running checks ---
 
     def _start_due(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the checks that are due, as far as the concurrency limit allows."""
-        http, wheel = self._http, self._wheel
+        http, wheel, checker = self._http, self._wheel, self._tcp
         if http is None:
             return
         now = loop.time()
@@ -466,47 +496,39 @@ class Prober:
                 schedule = due.pop()
                 if schedule.stopped:
                     continue
-                self._start(loop, http, schedule, now)
+                self._running += 1
+                schedule.started = now
+                # inline, thousands a second: a GET over a kept connection, a TCP connect
+                # on the checker's callbacks; else (a new connection) a task
+                target = schedule.target
+                if target is not None:
+                    if http.send(target, schedule.check.timeout, schedule.done):
+                        continue
+                elif schedule.tcp is not None and checker is not None:
+                    family, where = schedule.tcp
+                    try:  # closing the checker abandons it, if need be
+                        checker.connect(family, where, schedule.check.timeout, schedule.connected)
+                        continue
+                    except Exception:  # the task path reports it as a check error
+                        pass
+                task = loop.create_task(self._check(schedule, http))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             wheel.pop(tick, None)
             # after a long quiet spell, jump to the first tick that holds something
             self._next_tick = tick + 1 if last - tick < 1000 or not wheel else min(wheel)
         if not wheel:
             self._next_tick = max(self._next_tick, last + 1)
 
-    def _start(
-        self, loop: asyncio.AbstractEventLoop, http: HttpChecker, schedule: _Schedule, now: float
-    ) -> None:
-        self._running += 1
-        schedule.started = now
-        target = schedule.target
-        if target is not None and schedule.done is not None and http.send(
-            target, schedule.check.timeout, schedule.done
-        ):
-            return
-        if schedule.tcp is not None and self._connect(schedule):
-            return
-        task = loop.create_task(self._check(schedule, http))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _connect(self, schedule: _Schedule) -> bool:
-        """Start a TCP check on callbacks; False when it cannot start that way."""
-        assert schedule.tcp is not None and schedule.connected is not None
-        if self._tcp is None:
-            return False
-        family, where = schedule.tcp
-        try:  # closing the checker abandons it, if need be
-            self._tcp.connect(family, where, schedule.check.timeout, schedule.connected)
-        except Exception:  # the task path reports it as a check error
-            return False
-        return True
-
     def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
         rtt = self._time() - schedule.started
-        self._done(schedule, judge_tcp(schedule.check.timeout, outcome, rtt))
+        if outcome is None:
+            self._done(schedule, True, "connected", rtt)
+        else:
+            self._done(schedule, *_judge_tcp(schedule.check.timeout, outcome, rtt))
 
     def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
-        self._done(schedule, judge_http(schedule.check, outcome, self._time() - schedule.started))
+        self._done(schedule, *_judge_http(schedule.check, outcome, self._time() - schedule.started))
 
     async def _check(self, schedule: _Schedule, http: HttpChecker) -> None:
         try:
@@ -514,26 +536,52 @@ class Prober:
         except asyncio.CancelledError:
             self._running -= 1
             raise
-        self._done(schedule, result)
+        self._done(schedule, result.ok, result.result, result.rtt)
 
-    def _done(self, schedule: _Schedule, result: CheckResult) -> None:
-        """A check ended: report it, and put its next check on the wheel."""
+    def _done(self, schedule: _Schedule, ok: bool, text: str, rtt: float | None) -> None:
+        """A check ended: report it, and put its next check on the wheel.
+
+        Thousands a second: a check whose result leaves its tracker as it is (most of
+        them) makes one tuple for the registry and one call to the observer."""
         self._running -= 1
-        if schedule.stopped:
+        if self._registry.snapshot.generation != self._generation:
+            self._follow()  # the endpoint may have gone (or changed) while its check ran
+        if schedule.stopped:  # removed, or restarted with a new check: the result is stale
             if schedule.target is not None and self._http is not None:
                 self._http.forget(schedule.target)  # kept by a check that ended after the stop
             return
+        ref = schedule.ref
         try:
-            self._report(schedule, result)
+            verdict: bool | None = None
+            reason = ""
+            if ok is not schedule.steady:
+                before = schedule.tracker
+                after = schedule.tracker = before.observe(ok)
+                schedule.steady = after.steady
+                if after.up != before.up or before.state is ProbeState.UNCONFIRMED:
+                    # the first verdict is reported even when it agrees: it confirms the state
+                    verdict, reason = after.up, before.reason(after, text)
+            self._pending.append((ref, ok, text, rtt, verdict, reason))
+            if self._flush is None:
+                loop = self._loop or asyncio.get_running_loop()
+                self._flush = loop.call_later(REPORT_PERIOD, self._hand_over)
+            if self._on_check is not None:
+                self._on_check(ref, schedule.check, ok, rtt)
         except Exception:
-            log.exception("prober: cannot report the check of %s", schedule.ref)
-        if schedule.stopped:  # the report found the endpoint gone or changed
-            return
-        check = schedule.check
+            log.exception("prober: cannot report the check of %s", ref)
         low, high = schedule.spread
         schedule.spread = STEADY
-        schedule.due = schedule.started + check.interval * self._rng.uniform(low, high)
-        self._push(schedule)
+        # random.uniform(low, high) without its call: low + (high - low) * random()
+        due = schedule.due = schedule.started + schedule.check.interval * (
+            low + (high - low) * self._random())
+        tick = int(due / TICK)
+        if tick < self._next_tick:
+            tick = self._next_tick
+        slot = self._wheel.get(tick)
+        if slot is None:
+            self._wheel[tick] = [schedule]
+        else:
+            slot.append(schedule)
 
     def _push(self, schedule: _Schedule) -> None:
         tick = max(int(schedule.due / TICK), self._next_tick)
@@ -542,26 +590,6 @@ class Prober:
             self._wheel[tick] = [schedule]
         else:
             due.append(schedule)
-
-    def _report(self, schedule: _Schedule, result: CheckResult) -> None:
-        self._follow()  # the endpoint may have gone (or changed) while its check ran
-        ref = schedule.ref
-        before = self._trackers.get(ref)
-        if before is None or self._targets.get(ref) is not schedule:
-            schedule.stopped = True
-            return  # removed, or restarted with a new check: this result is stale
-        after = before.observe(result.ok)
-        verdict, reason = None, ""
-        if after is not before:
-            self._trackers[ref] = after
-            if after.up != before.up or before.state is ProbeState.UNCONFIRMED:
-                # the first verdict is reported even when it agrees: it confirms the state
-                verdict, reason = after.up, before.reason(after, result.result)
-        self._pending.append(CheckReport(ref, result.ok, result.result, result.rtt, verdict, reason))
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(REPORT_PERIOD, self._hand_over)
-        if self._on_check is not None:
-            self._on_check(ref, schedule.check, result.ok, result.rtt)
 
     def _hand_over(self) -> None:
         """Give the registry the results gathered since the last time."""
@@ -578,7 +606,6 @@ class Prober:
         for schedule in self._targets.values():
             schedule.stopped = True
         self._targets.clear()
-        self._trackers.clear()
         self._signatures.clear()
         self._refs.clear()
         self._wheel.clear()

@@ -165,6 +165,27 @@ def test_an_endpoint_check_overrides_the_service_check() -> None:
         second.stop()
 
 
+def test_a_push_only_service_added_later_gets_its_grace_and_then_expires() -> None:
+    """The look for new push-only endpoints runs after a change only: one added to a
+    running registry still gets its grace from that look, and goes down after it."""
+    now = [100.0]
+    registry = Registry(clock=lambda: now[0])
+    full = ZONE.replace("PORT1", "1").replace("PORT2", "2")
+    without = full[: full.index("  push:")]
+    registry.load_zones([load_zone_text(without, "z")])
+    assert registry.expire_heartbeats() == []
+    now[0] += 10
+    assert registry.expire_heartbeats() == []  # nothing changed: nothing to look at
+    registry.load_zones([load_zone_text(full, "z")])
+    ref = EndpointRef("push.gslb.example.com.", "main", ip_address("127.0.0.44"))
+    now[0] += 10
+    assert registry.expire_heartbeats() == []  # its grace starts here (t=120)
+    now[0] += 14
+    assert registry.expire_heartbeats() == []  # 14 s: within the 15 s timeout
+    now[0] += 2
+    assert registry.expire_heartbeats() == [ref]
+
+
 def test_heartbeat_checks_are_push_only() -> None:
     now = [100.0]
     registry = Registry(clock=lambda: now[0])

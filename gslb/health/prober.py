@@ -35,9 +35,9 @@ import logging
 import random
 import resource
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 
 from gslb.health import tcp
 from gslb.health.http import BadResponseError, HttpChecker, HttpTarget, Outcome, Response
@@ -118,8 +118,7 @@ async def check_http(
     the certificate must match, so a check never resolves names. ``target`` (made by the
     caller once per endpoint) keeps its connection for the next check.
     """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = perf_counter()
     if target is None:
         target = HttpTarget(address, port, check)
     outcome: Outcome
@@ -128,7 +127,7 @@ async def check_http(
             outcome = await session.get(target)
     except (TimeoutError, OSError, ssl.SSLError, BadResponseError) as exc:
         outcome = exc
-    return judge_http(check, outcome, loop.time() - started)
+    return judge_http(check, outcome, perf_counter() - started)
 
 
 def judge_http(check: HealthCheck, outcome: Outcome, rtt: float) -> CheckResult:
@@ -168,13 +167,12 @@ async def check_tcp(
     address: IPAddress, port: int, timeout: float, checker: tcp.TcpChecker | None = None
 ) -> CheckResult:
     """Pass when a TCP connection to ``address:port`` opens within ``timeout``."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = perf_counter()
     try:
         await tcp.check_connect(address, port, timeout, checker)
     except (TimeoutError, OSError) as exc:
         return judge_tcp(timeout, exc, 0.0)
-    return judge_tcp(timeout, None, loop.time() - started)
+    return judge_tcp(timeout, None, perf_counter() - started)
 
 
 def judge_tcp(timeout: float, outcome: BaseException | None, rtt: float) -> CheckResult:
@@ -352,9 +350,6 @@ class Prober:
         self._generation = -1
         self._http: HttpChecker | None = None
         self._tcp: tcp.TcpChecker | None = None
-        # The running loop's clock, kept: asyncio.get_running_loop() costs a getpid()
-        # system call (it checks for a fork), one more per check.
-        self._time: Callable[[], float] = time.monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._random = self._rng.random
         # Schedules by the tick they are due in: a list per tick, no allocation per check
@@ -372,7 +367,6 @@ class Prober:
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
         loop = self._loop = asyncio.get_running_loop()
-        self._time = loop.time
         async with make_session() as session:
             self._http = session
             self._tcp = tcp.TcpChecker(loop)
@@ -497,7 +491,7 @@ class Prober:
                 if schedule.stopped:
                     continue
                 self._running += 1
-                schedule.started = now
+                schedule.started = perf_counter()  # for the RTT: uvloop's clock counts whole ms
                 # inline, thousands a second: a GET over a kept connection, a TCP connect
                 # on the checker's callbacks; else (a new connection) a task
                 target = schedule.target
@@ -521,14 +515,14 @@ class Prober:
             self._next_tick = max(self._next_tick, last + 1)
 
     def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
-        rtt = self._time() - schedule.started
+        rtt = perf_counter() - schedule.started
         if outcome is None:
             self._done(schedule, True, "connected", rtt)
         else:
             self._done(schedule, *_judge_tcp(schedule.check.timeout, outcome, rtt))
 
     def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
-        self._done(schedule, *_judge_http(schedule.check, outcome, self._time() - schedule.started))
+        self._done(schedule, *_judge_http(schedule.check, outcome, perf_counter() - schedule.started))
 
     async def _check(self, schedule: _Schedule, http: HttpChecker) -> None:
         try:

@@ -427,18 +427,30 @@ def report(servers: list[Server], args: argparse.Namespace) -> str:
     if args.rate:
         lines += [
             "",
-            f"Fixed load, `-Q {args.rate}`, ECS /24:",
+            f"Fixed load, `-Q {args.rate}`, ECS /24, {args.rate_reps} interleaved round"
+            f"{'s' if args.rate_reps > 1 else ''} (median; min–max):",
             "",
             "| server | achieved qps | avg latency ms | max latency ms | lost % "
             "| server core busy (all processes) |",
             "|---|---:|---:|---:|---:|---:|",
         ]
+
+        def spread(values: list[float], scale: float, form: str) -> str:
+            middle = statistics.median(values) * scale
+            if len(values) == 1:
+                return format(middle, form)
+            return (f"{format(middle, form)} ({format(min(values) * scale, form)}–"
+                    f"{format(max(values) * scale, form)})")
+
         for server in servers:
-            for run in server.runs.get("rate", []):
+            runs = server.runs.get("rate", [])
+            if runs:
                 lines.append(
-                    f"| {server.name} | {run.qps:,.0f} | {run.latency_avg * 1e3:.3f} | "
-                    f"{run.latency_max * 1e3:.3f} | {run.loss * 100:.2f} | "
-                    f"{run.server_busy * 100:.0f} % |"
+                    f"| {server.name} | {statistics.median(r.qps for r in runs):,.0f} | "
+                    f"{spread([r.latency_avg for r in runs], 1e3, '.3f')} | "
+                    f"{spread([r.latency_max for r in runs], 1e3, '.3f')} | "
+                    f"{max(r.loss for r in runs) * 100:.2f} | "
+                    f"{statistics.median(r.server_busy for r in runs) * 100:.0f} % |"
                 )
     lines += ["", "Answers (`dig +short`): " + "; ".join(
         f"{s.name}: {s.answers.get('plain')} / ECS {ECS_TEXT}: {s.answers.get('ecs')}"
@@ -455,6 +467,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--outstanding", type=int, default=100)
     parser.add_argument("--rate", type=int, default=20000, help="fixed-rate run, 0 for none")
+    parser.add_argument("--rate-reps", type=int, default=1,
+                        help="interleaved fixed-rate rounds (1); the median is reported")
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpu", default="1")
     parser.add_argument("--only", default="",
@@ -493,9 +507,12 @@ def main() -> int:
                         print(f"round {rep + 1} {kind:5} {server.name:6} {run.qps:10,.0f} qps "
                               f"{run.cpu_per_query_us:6.1f} µs/query", file=sys.stderr)
             if args.rate:
-                for server in servers:
-                    run = dnsperf(server, queries, args, True, args.rate)
-                    server.runs["rate"] = [run]
+                for rep in range(args.rate_reps):  # interleaved too
+                    for server in servers:
+                        run = dnsperf(server, queries, args, True, args.rate)
+                        server.runs.setdefault("rate", []).append(run)
+                        print(f"rate {rep + 1} {server.name:6} {run.latency_avg * 1e3:.3f} ms avg",
+                              file=sys.stderr)
         finally:
             for server in servers:
                 stop(server)

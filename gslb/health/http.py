@@ -12,8 +12,8 @@ that time. A kept connection that the endpoint closed while idle is retried once
 fresh connection, as HTTP clients do for idempotent requests. A check that fails for any
 reason closes its connection: the next one starts afresh.
 
-A check's timeout comes from one sweep every ``RESOLUTION`` while checks are under way,
-not a timer per check (on uvloop a timer made and cancelled costs 2.5 µs).
+A check's timeout comes from one sweep for all of them (``gslb.health.sweep``), not a
+timer per check.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from urllib.parse import quote
 
 import httptools
 
+from gslb.health.sweep import TimeoutSweep
 from gslb.model import HealthCheck, IPAddress
 
 USER_AGENT = "gslb-prober/0.1"
 MAX_BODY = 64 * 1024  # bytes of a response searched for the check's ``body`` text
 MAX_AGE = 30.0  # seconds a connection is reused before the next check opens a new one
-RESOLUTION = 0.01  # seconds: a check's timeout fires up to this much late (plus loop latency)
 
 _VERIFYING = ssl.create_default_context()
 _ANY_CERTIFICATE = ssl.create_default_context()
@@ -181,6 +181,7 @@ class _Exchange(asyncio.Protocol):
 
     def time_out(self) -> None:
         """The owner's sweep found it past its timeout."""
+        self.tick = 0
         self._fail(TimeoutError())
 
     def _finish(self, keep_alive: bool) -> None:
@@ -237,11 +238,7 @@ class HttpChecker:
         self._open: set[_Exchange] = set()  # every connection, idle or not
         self._retries: set[asyncio.Task[None]] = set()
         self._closing = False
-        # Exchanges by the sweep tick that times them out; a dict per tick so that a
-        # finished exchange leaves at once.
-        self._deadlines: dict[int, dict[_Exchange, None]] = {}
-        self._swept = 0  # the last tick swept
-        self._sweep: asyncio.TimerHandle | None = None
+        self._timeouts: TimeoutSweep[_Exchange] | None = None  # made on the first check's loop
 
     async def __aenter__(self) -> HttpChecker:
         return self
@@ -263,53 +260,20 @@ class HttpChecker:
     def close(self) -> None:
         for exchange in list(self._open):
             exchange.close()
-        self._stop_sweeping()
+        if self._timeouts is not None:
+            self._timeouts.close()
 
     def _arm(self, exchange: _Exchange, timeout: float) -> None:
         """Time ``exchange`` out after ``timeout`` seconds, unless it ends before."""
-        loop = exchange._loop
-        now = loop.time()
-        if self._sweep is None:
-            self._swept = int(now / RESOLUTION)
-            self._sweep = loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts, loop)
-        # the first sweep after the deadline, never one already swept (timeout >= 0)
-        tick = exchange.tick = int((now + max(timeout, 0.0)) / RESOLUTION) + 1
-        due = self._deadlines.get(tick)
-        if due is None:
-            self._deadlines[tick] = {exchange: None}
-        else:
-            due[exchange] = None
+        sweep = self._timeouts
+        if sweep is None:
+            sweep = self._timeouts = TimeoutSweep(exchange._loop, _Exchange.time_out)
+        exchange.tick = sweep.arm(exchange, timeout)
 
     def _disarm(self, exchange: _Exchange) -> None:
         tick, exchange.tick = exchange.tick, 0
-        due = self._deadlines.get(tick)
-        if due is not None:  # else its tick is being swept
-            due.pop(exchange, None)
-            if not due:
-                del self._deadlines[tick]
-        if not self._deadlines:  # nothing left to time: no sweep waits on a loop
-            self._stop_sweeping()
-
-    def _stop_sweeping(self) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-
-    def _timeouts(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Time out the exchanges whose tick has come; again while any are under way."""
-        self._sweep = None
-        now = int(loop.time() / RESOLUTION)
-        for tick in range(self._swept + 1, now + 1):
-            due = self._deadlines.pop(tick, None)
-            if due is None:
-                continue
-            for exchange in list(due):
-                if exchange.tick == tick:  # not ended by an earlier one's callback
-                    exchange.tick = 0
-                    exchange.time_out()
-        self._swept = max(self._swept, now)
-        if self._deadlines and self._sweep is None:
-            self._sweep = loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts, loop)
+        if self._timeouts is not None:
+            self._timeouts.disarm(exchange, tick)
 
     @property
     def kept(self) -> int:

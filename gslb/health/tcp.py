@@ -4,8 +4,8 @@ Thousands of these a second must be cheap, so a ``TcpChecker`` drives bare non-b
 sockets through one epoll set of its own, registered once on the event loop. A check
 arms its socket in the set with ``EPOLLOUT | EPOLLONESHOT`` (one ``epoll_ctl``), and
 when the set is readable one callback takes every finished connect in one batch.
-Timeouts come from one sweep every ``RESOLUTION`` while checks are under way, not a
-timer per check. (The loop's ``add_writer`` per socket made uvloop create and tear down
+Timeouts come from one sweep for all of them (``gslb.health.sweep``), not a timer per
+check. (The loop's ``add_writer`` per socket made uvloop create and tear down
 a poll handle each time: six ``epoll_ctl`` and two ``ioctl`` calls a check.)
 
 A connection that opened is reset, as HAProxy's TCP checks do: an orderly close would
@@ -37,10 +37,10 @@ import socket
 import struct
 from collections.abc import Callable
 
+from gslb.health.sweep import TimeoutSweep
 from gslb.model import IPAddress
 
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close with RST, no TIME_WAIT
-RESOLUTION = 0.01  # seconds: a timeout fires up to this much late (plus loop latency)
 _BATCH = 1024  # finished connects taken from the epoll set per callback
 _WRITABLE = select.EPOLLOUT | select.EPOLLONESHOT
 _FAILED = select.EPOLLERR | select.EPOLLHUP
@@ -68,15 +68,13 @@ class _Connect:
 
     __slots__ = ("checker", "sock", "family", "fd", "done", "tick")
 
-    def __init__(
-        self, checker: TcpChecker, sock: socket.socket, family: int, done: Connected, tick: int
-    ) -> None:
+    def __init__(self, checker: TcpChecker, sock: socket.socket, family: int, done: Connected) -> None:
         self.checker = checker
         self.sock: socket.socket | None = sock  # None once finished or abandoned
         self.family = family
         self.fd = sock.fileno()
         self.done = done
-        self.tick = tick  # the sweep that times it out
+        self.tick = 0  # the sweep that times it out (``TimeoutSweep.arm``)
 
     def abandon(self) -> None:
         """Stop the check unfinished: ``done`` is never called."""
@@ -93,13 +91,9 @@ class TcpChecker:
         self._loop = loop
         self._epoll = select.epoll()  # close-on-exec
         self._pending: dict[int, _Connect] = {}  # by file descriptor
-        # Connects by the sweep tick that times them out; a dict per tick so that a
-        # finished connect leaves at once (nothing lives on for the whole timeout).
-        self._deadlines: dict[int, dict[int, _Connect]] = {}
-        self._swept = 0  # the last tick swept
+        self._timeouts: TimeoutSweep[_Connect] = TimeoutSweep(loop, self._time_out)
         # Sockets of finished checks, unconnected and still in the epoll set (disarmed).
         self._idle: dict[int, list[socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
-        self._sweep: asyncio.TimerHandle | None = None
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def __len__(self) -> int:
@@ -133,20 +127,9 @@ class TcpChecker:
                 sock.close()
             handle = self._loop.call_soon(done, None if code == 0 else _error(code))
             return handle.cancel
-        now = self._loop.time()
-        if self._sweep is None:
-            self._swept = int(now / RESOLUTION)
-            self._sweep = self._loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts)
-        # the first sweep after the deadline, and never a tick already swept, even when a
-        # sweep's own callback starts a check
-        tick = int((now + max(timeout, 0.0)) / RESOLUTION) + 1
-        check = _Connect(self, sock, family, done, tick)
+        check = _Connect(self, sock, family, done)
+        check.tick = self._timeouts.arm(check, timeout)
         self._pending[check.fd] = check
-        due = self._deadlines.get(tick)
-        if due is None:
-            self._deadlines[tick] = {check.fd: check}
-        else:
-            due[check.fd] = check
         return check.abandon
 
     def close(self) -> None:
@@ -157,9 +140,7 @@ class TcpChecker:
             for sock in idle:
                 sock.close()
             idle.clear()
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
+        self._timeouts.close()
         if not self._epoll.closed:
             self._loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
@@ -167,15 +148,11 @@ class TcpChecker:
     def _forget(self, check: _Connect) -> None:
         check.sock = None
         del self._pending[check.fd]
-        due = self._deadlines.get(check.tick)
-        if due is not None:  # else its tick is being swept
-            del due[check.fd]
-            if not due:
-                del self._deadlines[check.tick]
+        self._timeouts.disarm(check, check.tick)
 
     def _ready(self) -> None:
         """Finish the connects the epoll set reports."""
-        pending, deadlines, idle_of = self._pending, self._deadlines, self._idle
+        pending, disarm, idle_of = self._pending, self._timeouts.disarm, self._idle
         # Look every descriptor up before any ``done`` runs: a callback that abandons a
         # check and starts another could reuse a descriptor later in this batch.
         batch = [(pending[fd], events) for fd, events in self._epoll.poll(0, _BATCH)
@@ -188,11 +165,7 @@ class TcpChecker:
             check.sock = None
             fd = check.fd
             del pending[fd]
-            due = deadlines.get(check.tick)
-            if due is not None:
-                del due[fd]
-                if not due:
-                    del deadlines[check.tick]
+            disarm(check, check.tick)
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & _FAILED else 0
             # Dissolve the connection (a reset when it opened) and keep the socket for the
             # next check.
@@ -203,27 +176,15 @@ class TcpChecker:
                 _reset(sock)
             check.done(None if code == 0 else _error(code))
 
-    def _timeouts(self) -> None:
-        """Time out the connects whose tick has come; run again while any are under way."""
-        now = int(self._loop.time() / RESOLUTION)
-        deadlines = self._deadlines
-        for tick in range(self._swept + 1, now + 1):
-            due = deadlines.pop(tick, None)
-            if due is None:
-                continue
-            for check in list(due.values()):
-                sock = check.sock
-                if sock is None:
-                    continue
-                check.sock = None
-                del self._pending[check.fd]
-                _reset(sock)  # it may have opened since the last look
-                check.done(TimeoutError())
-        self._swept = max(self._swept, now)
-        if self._pending:
-            self._sweep = self._loop.call_at((self._swept + 1) * RESOLUTION, self._timeouts)
-        else:
-            self._sweep = None
+    def _time_out(self, check: _Connect) -> None:
+        """The sweep found ``check`` past its timeout."""
+        sock = check.sock
+        if sock is None:
+            return
+        check.sock = None
+        del self._pending[check.fd]
+        _reset(sock)  # it may have opened since the last look
+        check.done(TimeoutError())
 
 
 async def check_connect(

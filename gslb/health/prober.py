@@ -290,8 +290,8 @@ class _Schedule:
     """One probed endpoint: its check, when it is due next, its connection (HTTP), its
     rise/fall tracker."""
 
-    __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "spread", "stopped",
-                 "done", "connected", "tracker", "steady")
+    __slots__ = ("ref", "check", "port", "target", "tcp", "due", "started", "sent", "spread",
+                 "stopped", "done", "connected", "tracker", "steady")
 
     def __init__(
         self, ref: EndpointRef, check: HealthCheck, due: float, http: HttpChecker, tracker: Tracker,
@@ -310,7 +310,8 @@ class _Schedule:
         self.tcp = None if check.kind is not CheckKind.TCP or self.port is None else (
             tcp.sockaddr(ref.address, self.port))
         self.due = due
-        self.started = due
+        self.started = due  # the loop's time the last check started: the schedule's clock
+        self.sent = 0.0  # perf_counter() then: the RTT's (uvloop's clock counts whole ms)
         self.spread = SECOND
         self.stopped = False  # removed or replaced: its results are stale
         # what a check's end calls: made once, not per check
@@ -491,7 +492,8 @@ class Prober:
                 if schedule.stopped:
                     continue
                 self._running += 1
-                schedule.started = perf_counter()  # for the RTT: uvloop's clock counts whole ms
+                schedule.started = now
+                schedule.sent = perf_counter()
                 # inline, thousands a second: a GET over a kept connection, a TCP connect
                 # on the checker's callbacks; else (a new connection) a task
                 target = schedule.target
@@ -515,14 +517,14 @@ class Prober:
             self._next_tick = max(self._next_tick, last + 1)
 
     def _tcp_done(self, schedule: _Schedule, outcome: BaseException | None) -> None:
-        rtt = perf_counter() - schedule.started
+        rtt = perf_counter() - schedule.sent
         if outcome is None:
             self._done(schedule, True, "connected", rtt)
         else:
             self._done(schedule, *_judge_tcp(schedule.check.timeout, outcome, rtt))
 
     def _http_done(self, schedule: _Schedule, outcome: Outcome) -> None:
-        self._done(schedule, *_judge_http(schedule.check, outcome, perf_counter() - schedule.started))
+        self._done(schedule, *_judge_http(schedule.check, outcome, perf_counter() - schedule.sent))
 
     async def _check(self, schedule: _Schedule, http: HttpChecker) -> None:
         try:
@@ -566,16 +568,9 @@ class Prober:
         low, high = schedule.spread
         schedule.spread = STEADY
         # random.uniform(low, high) without its call: low + (high - low) * random()
-        due = schedule.due = schedule.started + schedule.check.interval * (
+        schedule.due = schedule.started + schedule.check.interval * (
             low + (high - low) * self._random())
-        tick = int(due / TICK)
-        if tick < self._next_tick:
-            tick = self._next_tick
-        slot = self._wheel.get(tick)
-        if slot is None:
-            self._wheel[tick] = [schedule]
-        else:
-            slot.append(schedule)
+        self._push(schedule)
 
     def _push(self, schedule: _Schedule) -> None:
         tick = max(int(schedule.due / TICK), self._next_tick)

@@ -199,12 +199,8 @@ class BatchedUdp:
         loop.add_reader(self._fd, self._readable)
 
     def get_extra_info(self, name: str) -> Any:
-        """As a transport's: ``sockname`` and ``socket``."""
-        if name == "sockname":
-            return self._sock.getsockname()
-        if name == "socket":
-            return self._sock
-        return None
+        """As a transport's, for ``sockname``."""
+        return self._sock.getsockname() if name == "sockname" else None
 
     def close(self) -> None:
         """Stop reading and close the socket."""

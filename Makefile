@@ -2,7 +2,13 @@
 #   make serve   installs what is missing and runs the GSLB on zones/example.yaml
 #   make test    installs what is missing (Python packages, dig, dnsperf, redis-server,
 #                chromium) and runs the whole suite
-PYTHON ?= python3
+# The venv's interpreter: the distribution's Python 3.11+ when it has one with venv,
+# else python3 from PATH. Distributions build CPython with PGO and LTO; pyenv and plain
+# source builds do not by default, and the DNS path costs 1.3-1.8 times as much CPU
+# on those (BENCHMARKS.md, "The interpreter's build"). PYTHON=... chooses another.
+PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
+	$$p -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { echo $$p; exit; }; done; echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/peers.py                  # about 4 minutes
     .venv/bin/python benchmarks/peers.py --workers 1,2 --only gslb,gslb-w1,gslb-w2,knot \
         --server-cpu 0,1 --client-cpu 0,1                 # worker processes, all on both cores
+    .venv/bin/python benchmarks/peers.py --compare-python /tmp/other-venv/bin/python
+                                                          # two interpreters, same rounds
 
 Each server answers ``www.gslb.example.com A`` with two addresses of one of three
 regions: the GSLB by GeoIP and sticky hashing (the bundled database), gdnsd by its
@@ -15,7 +17,9 @@ and the median is reported. Server CPU per answered query comes from
 ``/proc/PID/stat`` (all threads, and the worker processes of ``gslb serve --workers``),
 which does not depend on the client's speed. ``--workers 1,2`` adds a gslb server per
 count (``gslb-w1``, ``gslb-w2``); ``--server-cpu`` and ``--client-cpu`` take CPU lists
-(``0,1``: the server and dnsperf share both cores).
+(``0,1``: the server and dnsperf share both cores). The Python rows run on
+``--python`` (the project's ``.venv``); ``--compare-python`` adds ``gslb@alt`` and
+``floor@alt`` on a second interpreter, to show what the build of CPython costs.
 
 Prints a Markdown table: saturated qps with and without ECS, server CPU µs per
 query, loss, the ratios to gdnsd and Knot, and latency at a fixed rate.
@@ -43,6 +47,7 @@ NAME = "www.gslb.example.com"
 ECS_HEX = "8:00011800c63364"  # RFC 7871: family 1, source /24, 198.51.100.0 (Frankfurt)
 ECS_TEXT = "198.51.100.0/24"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 GSLB_ZONE = """\
 zone: gslb.example.com
@@ -203,52 +208,41 @@ def install() -> None:
             guard.unlink()
 
 
-def make_servers(work: Path, cpu: str, workers: list[int]) -> list[Server]:
+def make_servers(work: Path, cpu: str, workers: list[int], python: str,
+                 compare: str | None) -> list[Server]:
+    """Every server of the run; ``compare``: an interpreter that gets a ``gslb`` and a
+    ``floor`` row of its own (``gslb@alt``, ``floor@alt``)."""
     pin = ["taskset", "-c", cpu]
     servers = []
-
-    port = free_port()
     zones = work / "gslb" / "zones"
     zones.mkdir(parents=True)
     (zones / "bench.yaml").write_text(GSLB_ZONE)
-    python = ROOT / ".venv" / "bin" / "python"
-    servers.append(Server(
-        "gslb", "GeoIP + sticky hashing, cached path",
-        [*pin, str(python if python.exists() else sys.executable), "-m", "gslb", "serve",
-         "--zones", str(zones), "--dns", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
-         "--state", str(work / "gslb" / "state.sqlite"),
-         "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning"],
-        port,
-    ))
 
-    port = free_port()
-    servers.append(Server(
-        "gslb-single", "as gslb, one datagram at a time (`--no-udp-batch`)",
-        [*pin, str(python if python.exists() else sys.executable), "-m", "gslb", "serve",
-         "--zones", str(zones), "--dns", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
-         "--state", str(work / "gslb" / "state-single.sqlite"), "--no-udp-batch",
-         "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning"],
-        port,
-    ))
-
-    for count in workers:
+    def gslb(name: str, what: str, interpreter: str, *flags: str) -> Server:
         port = free_port()
-        servers.append(Server(
-            f"gslb-w{count}", f"as gslb, DNS in {count} worker process{'es' if count > 1 else ''}",
-            [*pin, str(python if python.exists() else sys.executable), "-m", "gslb", "serve",
-             "--zones", str(zones), "--dns", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
-             "--state", str(work / "gslb" / f"state-w{count}.sqlite"), "--workers", str(count),
-             "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning"],
-            port,
-        ))
+        return Server(name, what, [
+            *pin, interpreter, "-m", "gslb", "serve", "--zones", str(zones),
+            "--dns", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
+            "--state", str(work / "gslb" / f"state-{name}.sqlite"),
+            "--geoip", str(ROOT / "data" / "gslb-geo.mmdb"), "--log-level", "warning", *flags,
+        ], port)
 
-    port = free_port()  # the floor answers only UDP: the readiness check uses UDP
-    servers.append(Server(
-        "floor", "uvloop, reply from a dict, no parsing",
-        [*pin, str(python if python.exists() else sys.executable),
-         str(ROOT / "benchmarks" / "floor.py"), str(port)],
-        port,
-    ))
+    def floor(name: str, interpreter: str) -> Server:
+        port = free_port()  # the floor answers only UDP: the readiness check uses UDP
+        return Server(name, "uvloop, reply from a dict, no parsing",
+                      [*pin, interpreter, str(ROOT / "benchmarks" / "floor.py"), str(port)], port)
+
+    servers.append(gslb("gslb", "GeoIP + sticky hashing, cached path", python))
+    servers.append(gslb("gslb-single", "as gslb, one datagram at a time (`--no-udp-batch`)",
+                        python, "--no-udp-batch"))
+    for count in workers:
+        servers.append(gslb(
+            f"gslb-w{count}", f"as gslb, DNS in {count} worker process{'es' if count > 1 else ''}",
+            python, "--workers", str(count)))
+    servers.append(floor("floor", python))
+    if compare:
+        servers.append(gslb("gslb@alt", f"as gslb, on `{compare}`", compare))
+        servers.append(floor("floor@alt", compare))
 
     if shutil.which("gdnsd"):
         port = free_port()
@@ -475,6 +469,11 @@ def main() -> int:
                         help="comma-separated servers (gslb,gslb-w1,...,floor,gdnsd,knot)")
     parser.add_argument("--workers", default="",
                         help="comma-separated --workers counts: a gslb server for each (gslb-wN)")
+    parser.add_argument("--python", default=str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable),
+                        help="the interpreter of the gslb and floor rows (.venv's)")
+    parser.add_argument("--compare-python", metavar="PATH",
+                        help="another interpreter with the project installed: adds gslb@alt "
+                             "and floor@alt rows, in the same rounds")
     args = parser.parse_args()
     if args.install:
         install()
@@ -489,7 +488,8 @@ def main() -> int:
         queries = work / "queries.txt"
         queries.write_text(f"{NAME} A\n")
         servers = make_servers(work, args.server_cpu,
-                               [int(n) for n in args.workers.split(",") if n.strip()])
+                               [int(n) for n in args.workers.split(",") if n.strip()],
+                               args.python, args.compare_python)
         if args.only:
             servers = [s for s in servers if s.name in args.only.split(",")]
         try:

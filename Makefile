@@ -4,7 +4,7 @@
 #                chromium) and runs the whole suite
 # The venv's interpreter: the distribution's Python 3.11+ when it has one with venv,
 # else python3 from PATH. Distributions build CPython with PGO and LTO; pyenv and plain
-# source builds do not by default, and the DNS path costs 1.3-1.8 times as much CPU
+# source builds do not by default, and a computed answer costs about 1.3 times the CPU
 # on those (BENCHMARKS.md, "The interpreter's build"). PYTHON=... chooses another.
 PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
 	$$p -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from interpreter import describe  # noqa: E402
 from respond import SOURCE, distinct_subnets, make_registry, query  # noqa: E402
 
 from gslb.dns import wire  # noqa: E402
@@ -137,7 +138,7 @@ def main() -> None:
     else:
         figures = parts(args.subnets, under_callgrind=False)
         unit = "µs of CPU per query"
-    print(f"cold path parts over {args.subnets:,} distinct ECS /24s, {unit}:")
+    print(f"{describe()}\ncold path parts over {args.subnets:,} distinct ECS /24s, {unit}:")
     for name in PARTS:
         print(f"  {name:8} {figures[name]:>10,.1f}")
     print("  (geoip is inside answer; respond is the whole path, cache store included)")

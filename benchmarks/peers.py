@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from interpreter import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("dnsperf", "gdnsd", "knot", "bind9-dnsutils")
 NAME = "www.gslb.example.com"
@@ -517,7 +519,10 @@ def main() -> int:
             for server in servers:
                 stop(server)
         print(f"Run {started}, {os.cpu_count()} CPUs, load average before: "
-              f"{Path('/proc/loadavg').read_text().split()[0]}\n")
+              f"{Path('/proc/loadavg').read_text().split()[0]}; gslb and floor on "
+              f"{describe(args.python)}"
+              + (f", gslb@alt and floor@alt on {describe(args.compare_python)}"
+                 if args.compare_python else "") + "\n")
         print(report(servers, args))
     return 0
 

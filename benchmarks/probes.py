@@ -64,6 +64,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from interpreter import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 
 HOSTS = [f"127.0.50.{i}" for i in range(1, 41)]
@@ -479,7 +481,7 @@ def main() -> None:
         import gslb
         print(f"{len(ports)} endpoints on {len(HOSTS)} loopback addresses; checks every 1 s; "
               f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured; the package in "
-              f"{Path(gslb.__file__).parent.parent}")
+              f"{Path(gslb.__file__).parent.parent}; {describe()}")
         header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
                   f"{'µs/check':>8} {'gap p50':>8} {'gap p99':>8} {'gap max':>8} "
                   f"{'rtt p50':>8} {'rtt p99':>8} "

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dns.edns
 import dns.message
+from interpreter import describe
 
 from gslb.config import load_zones
 from gslb.dns.server import DnsServer
@@ -80,6 +81,7 @@ def main() -> None:
             query("geo.gslb.example.com", "198.51.100.0", qid=i & 0xFFFF) for i in range(HOT_QUERIES)
         ],
     }
+    print(f"{describe()}\n")
     print(f"hot path: {HOT_QUERIES:,} queries per pass, median of {args.passes} passes (µs per query)")
     print("| case | cache on | cache off | off ÷ on |")
     print("|---|---:|---:|---:|")

@@ -45,11 +45,17 @@ def listener(host: str = HOST, backlog: int = 128) -> socket.socket:
     return sock
 
 
+def refusing(host: str = HOST) -> socket.socket:
+    """A socket bound on ``host`` that never listens: connections to its port are refused
+    while it is open, and no other socket can take the port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    return sock
+
+
 def closed_port(host: str = HOST) -> int:
     """A port with nothing listening on ``host`` (connections to it are refused)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+    with refusing(host) as sock:
         port: int = sock.getsockname()[1]
         return port
 
@@ -292,8 +298,9 @@ def test_the_prober_leaves_no_descriptor_behind() -> None:
     """Forty endpoints (half listening, half refusing) checked every 0.1 s by the health
     thread: results as expected, and once it stops, the descriptors it had before."""
     listening = [listener(backlog=4096) for _ in range(20)]  # never accepted: resets queue up
-    dead = [closed_port() for _ in range(20)]
-    ports = [sock.getsockname()[1] for sock in listening] + dead
+    # held open for the test: twenty distinct ports (ports closed one by one may repeat)
+    dead = [refusing() for _ in range(20)]
+    ports = [sock.getsockname()[1] for sock in listening + dead]
     endpoints = ", ".join(f"{{address: {HOST}, port: {port}}}" for port in ports)
     text = ZONE.replace("ENDPOINTS", f"[{endpoints}]")
     refs = [EndpointRef("tcp.gslb.example.com.", "main", ip_address(HOST), port) for port in ports]
@@ -310,7 +317,7 @@ def test_the_prober_leaves_no_descriptor_behind() -> None:
         assert [n.result if n else None for n in notes] == (
             ["connected"] * 20 + ["connection refused"] * 20)
     finally:
-        for sock in listening:
+        for sock in listening + dead:
             sock.close()
 
 

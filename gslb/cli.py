@@ -33,6 +33,11 @@ from gslb.model import endpoint_label
 log = logging.getLogger("gslb")
 
 
+# The spellings of an on/off environment variable.
+SWITCH = {"on": True, "1": True, "yes": True, "true": True,
+          "off": False, "0": False, "no": False, "false": False}
+
+
 def _env(name: str, default: str | None) -> str | None:
     return os.environ.get(f"GSLB_{name.upper()}", default)
 
@@ -100,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                             "fed by this one, which keeps the API, the prober and the store; "
                             "0 answers DNS in this process (default: 0)")
     serve.add_argument("--udp-batch", action=argparse.BooleanOptionalAction,
-                       default=(_env("udp_batch", "on") or "on").lower() not in ("off", "0", "no", "false"),
+                       default=None,  # GSLB_UDP_BATCH, read by _serve (a bad one is an error)
                        help="on Linux, read waiting UDP queries and send their replies in "
                             "batches (recvmmsg/sendmmsg); --no-udp-batch answers one "
                             "datagram at a time (default: on)")
@@ -207,6 +212,13 @@ def _serve(args: argparse.Namespace) -> int:
         print("gslb: --health-quorum (GSLB_HEALTH_QUORUM) must be 0 (a majority) or more",
               file=sys.stderr)
         return 2
+    udp_batch = args.udp_batch
+    if udp_batch is None:
+        text = _env("udp_batch", "on") or "on"
+        udp_batch = SWITCH.get(text.strip().lower())
+        if udp_batch is None:
+            print(f"gslb: GSLB_UDP_BATCH is {text!r}; give on or off", file=sys.stderr)
+            return 2
     settings = Settings(
         zones=args.zones, dns=args.dns, api=args.api, state=args.state, token=args.token,
         read_token=args.read_token, admin_token=args.admin_token,
@@ -214,7 +226,7 @@ def _serve(args: argparse.Namespace) -> int:
         health_quorum=args.health_quorum,
         rrl_rate=args.rrl_rate, rrl_slip=args.rrl_slip, query_log=args.query_log,
         workers=args.workers, log_level=args.log_level, log_format=args.log_format,
-        udp_batch=args.udp_batch,
+        udp_batch=udp_batch,
     )
     try:
         import uvloop

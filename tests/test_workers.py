@@ -26,7 +26,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from test_e2e import ROOT, Process, dig, start_gslb
+from test_e2e import GSLB, ROOT, Process, dig, start_gslb
 from test_metrics import scrape, value
 
 from gslb.config import load_zone_text
@@ -139,9 +139,15 @@ def test_two_workers_answer_udp_and_tcp_and_metrics_sum_them(tmp_path: Path) -> 
     assert all(gone(pid) for pid in pids)
 
 
-def test_no_udp_batch_reaches_the_workers(tmp_path: Path) -> None:
-    """``--no-udp-batch`` is passed on to every worker, which answers all the same."""
-    proc, dns_port, api_port = serve(tmp_path, 1, "--no-udp-batch")
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_no_udp_batch_reaches_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """``--no-udp-batch`` (or ``GSLB_UDP_BATCH=off``) is passed on to every worker, which
+    answers all the same."""
+    if how == "environment":
+        monkeypatch.setenv("GSLB_UDP_BATCH", " Off")
+    proc, dns_port, api_port = serve(tmp_path, 1, *(["--no-udp-batch"] if how == "flag" else []))
     try:
         (pid,) = worker_pids(api_port)
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -150,6 +156,17 @@ def test_no_udp_batch_reaches_the_workers(tmp_path: Path) -> None:
             assert addresses(dns_port) == {"192.0.2.1"}
     finally:
         proc.stop()
+
+
+def test_a_bad_udp_batch_variable_is_refused(tmp_path: Path) -> None:
+    """A GSLB_UDP_BATCH that is neither on nor off stops the start with a clear error,
+    rather than meaning on."""
+    done = subprocess.run(
+        [str(GSLB), "serve", "--dns", "127.0.0.1:0", "--api", "127.0.0.1:0",
+         "--state", str(tmp_path / "state.sqlite"), "--zones", str(write_zones(tmp_path / "zones"))],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "GSLB_UDP_BATCH": "sideways"},
+    )
+    assert (done.returncode, done.stderr) == (2, "gslb: GSLB_UDP_BATCH is 'sideways'; give on or off\n")
 
 
 def test_workers_route_by_their_own_geoip_database(tmp_path: Path) -> None:

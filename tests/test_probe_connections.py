@@ -17,6 +17,7 @@ from ipaddress import ip_address
 
 import pytest
 from test_health import wait_for
+from test_tcp_checks import listener
 
 from gslb.config import load_zone_text, parse_check
 from gslb.health.http import HttpChecker, HttpTarget, Outcome, Response
@@ -232,10 +233,8 @@ def test_steady_checks_publish_no_snapshots(endpoint: Endpoint) -> None:
 
 
 def test_tcp_checks_leave_no_connection_behind() -> None:
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
+    listening = listener(HOST, 64)
+    port = listening.getsockname()[1]
     try:
         registry = Registry()
         registry.load_zones([load_zone_text(zone("tcp", [port]), "z.yaml")])
@@ -246,12 +245,12 @@ def test_tcp_checks_leave_no_connection_behind() -> None:
         note = registry.check_note(ref)
         assert note is not None and note.result == "connected"
         # the checks closed with a reset: what the listener accepts now is already gone
-        listener.settimeout(0.5)
-        connection, _ = listener.accept()
+        listening.settimeout(0.5)
+        connection, _ = listening.accept()
         with connection, pytest.raises(ConnectionResetError):
             connection.recv(1)
     finally:
-        listener.close()
+        listening.close()
 
 
 def test_a_batch_of_results_makes_one_snapshot_and_only_when_answers_change() -> None:

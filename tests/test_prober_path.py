@@ -5,11 +5,11 @@ the endpoint's last-check note that the API shows."""
 from __future__ import annotations
 
 import itertools
-import socket
 import time
 from ipaddress import ip_address
 
 from test_health import wait_for
+from test_tcp_checks import listener
 
 from gslb.config import load_zone_text, parse_check
 from gslb.health.prober import ProbeState, Tracker
@@ -47,10 +47,8 @@ def test_tracker_steady_is_the_one_result_that_changes_nothing() -> None:
 
 
 def test_every_check_refreshes_the_last_check_note() -> None:
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(64)
-    port = listener.getsockname()[1]
+    listening = listener(HOST, 64)
+    port = listening.getsockname()[1]
     try:
         registry = Registry()
         registry.load_zones([load_zone_text(ZONE.replace("PORT", str(port)), "z.yaml")])
@@ -80,4 +78,4 @@ def test_every_check_refreshes_the_last_check_note() -> None:
         (view,) = registry.snapshot.service("www.gslb.example.com.").endpoints  # type: ignore[union-attr]
         assert view.health.up and view.health.confirmed
     finally:
-        listener.close()
+        listening.close()

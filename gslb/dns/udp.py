@@ -9,7 +9,8 @@ Two ways to move the bytes, with the same replies and the same drop counts:
   calls are reached through ``ctypes``; the buffers, the message headers and the
   senders' addresses are made once and reused.
 - ``UdpProtocol``: the event loop's datagram transport, one call per datagram; used
-  where ``recvmmsg`` is missing (not Linux, or an event loop without ``add_reader``).
+  where ``recvmmsg`` is missing or refused (not Linux, a seccomp filter: see
+  ``batching_available``) and with ``--no-udp-batch``.
 """
 
 from __future__ import annotations

@@ -898,8 +898,8 @@ class Registry:
     def _bump_serial(self, apex: str) -> None:
         serial = max(self._serials.get(apex, 0) + 1, int(self._clock())) % 2**32
         self._serials[apex] = serial
-        if self._store is not None:
-            self._store.save_serial(apex, serial)
+        if self._store is not None:  # a shared store may give a higher one (see Store)
+            self._serials[apex] = self._store.save_serial(apex, serial)
 
     def _service_view(self, service: Service) -> ServiceView:
         pools = []

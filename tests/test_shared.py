@@ -197,6 +197,30 @@ def test_probe_verdicts_are_shared_and_decided_by_quorum(
     assert not b.endpoints()[("eu", "192.0.2.1")].up
 
 
+def serial(instance: Instance) -> int:
+    soa = instance.registry.snapshot.zones["shared.example."].soa
+    return int(soa.data.serial)  # type: ignore[union-attr]
+
+
+def test_instances_changing_a_zone_at_once_agree_on_its_serial_after(
+    pair: tuple[Instance, Instance],
+) -> None:
+    a, b = pair
+    a.sync.resync()
+    assert serial(a) == serial(b)
+    start = serial(a)
+    # a changes the zone twice while b, not yet in step, changes it once
+    a.registry.register(WWW, "us", ep("198.51.100.3"))
+    a.registry.register(WWW, "us", ep("198.51.100.4"))
+    b.registry.register(WWW, "us", ep("198.51.100.5"))
+    assert serial(a) == start + 2
+    assert serial(b) == start + 3  # above every serial given before: b's change is newest
+
+    assert a.sync.resync() and b.sync.resync()
+    assert set(a.endpoints()) == set(b.endpoints())
+    assert serial(a) == serial(b) == start + 3
+
+
 def test_a_resync_that_could_undo_a_local_write_is_skipped(pair: tuple[Instance, Instance]) -> None:
     a, _ = pair
     before = a.store.load_shared()

@@ -72,7 +72,11 @@ class Store(Protocol):
         """Keep ``state`` for the endpoint; ENABLED (the default) forgets it."""
         ...
 
-    def save_serial(self, apex: str, serial: int) -> None: ...
+    def save_serial(self, apex: str, serial: int) -> int:
+        """Keep ``serial`` for the zone, or the next one above what the store holds when
+        that is ``serial`` or more already (another instance changed the zone); returns
+        the serial kept."""
+        ...
 
     def save_heartbeat(self, ref: EndpointRef, heartbeat: Heartbeat) -> None:
         """Share the endpoint's last heartbeat with the other instances. A single-node

@@ -6,7 +6,7 @@ Every instance writes what its API changed here and reads back what the others c
     gslb:registrations  hash: endpoint key -> the registration as JSON
     gslb:services       hash: name -> the service's definition as PUT (JSON)
     gslb:admin          hash: endpoint key -> admin state (only those not "enabled")
-    gslb:serials        hash: zone apex -> SOA serial
+    gslb:serials        hash: zone apex -> SOA serial (only grows: see ``save_serial``)
     gslb:heartbeats     hash: endpoint key -> {"at", "draining", "load"}
     gslb:probes         hash: instance -> {"at", "verdicts": [[service, pool, address, port, up]]}
     gslb:changes        channel: each write publishes the writing instance's id
@@ -59,6 +59,17 @@ CHANNEL = "gslb:changes"
 TIMEOUT = 1.0  # seconds to connect, and to wait for a reply
 RETRY_AFTER = 1.0  # seconds writes fail fast after a connection failure
 FORGET_REPORTS = 600.0  # seconds after which a silent instance's report is deleted
+
+# Keeps the proposed serial unless the hash holds it or more already (another instance
+# changed the zone meanwhile): then the one after. Atomic, so that two instances changing
+# a zone at once get different serials, and the last change the highest.
+NEXT_SERIAL = """
+local held = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local serial = tonumber(ARGV[2])
+if serial <= held then serial = (held + 1) % 4294967296 end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', serial))
+return serial
+"""
 
 
 def make_instance_id() -> str:
@@ -155,8 +166,9 @@ class RedisStore:
         else:
             self._write(lambda pipe: pipe.hset(ADMIN, key, state.value))
 
-    def save_serial(self, apex: str, serial: int) -> None:
-        self._write(lambda pipe: pipe.hset(SERIALS, apex, serial))
+    def save_serial(self, apex: str, serial: int) -> int:
+        results = self._write(lambda pipe: pipe.eval(NEXT_SERIAL, 1, SERIALS, apex, serial))
+        return int(results[0])
 
     def save_heartbeat(self, ref: EndpointRef, heartbeat: Heartbeat) -> None:
         value = json.dumps({"at": heartbeat.at, "draining": heartbeat.draining,
@@ -223,10 +235,10 @@ class RedisStore:
         notify: bool = True,
         watch: tuple[str, ...] = (),
         read: Callable[[Pipeline], None] | None = None,
-    ) -> None:
-        """Run ``change`` in one MULTI/EXEC with the notification; ``counted`` state
-        writes count in ``writes``. With ``watch``, ``read`` runs first and the whole is
-        retried if another client changed a watched key in between."""
+    ) -> list[Any]:
+        """Run ``change`` in one MULTI/EXEC with the notification and return the replies;
+        ``counted`` state writes count in ``writes``. With ``watch``, ``read`` runs first
+        and the whole is retried if another client changed a watched key in between."""
         if time.monotonic() < self._down_until:
             raise StoreError(f"the Redis store {self.where} is unreachable: {self._down_error}")
         try:
@@ -241,7 +253,7 @@ class RedisStore:
                         change(pipe)
                         if notify:
                             pipe.publish(CHANNEL, self.instance)
-                        pipe.execute()
+                        results: list[Any] = pipe.execute()
                         break
                     except redis.WatchError:
                         continue  # another instance changed a watched table: again
@@ -250,6 +262,7 @@ class RedisStore:
         if counted:
             with self._lock:
                 self.writes += 1
+        return results
 
     def _failed(self, what: str, exc: redis.RedisError) -> StoreError:
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):

@@ -132,8 +132,10 @@ class SqliteStore:
             self._write(("INSERT OR REPLACE INTO admin_states VALUES (?, ?, ?, ?, ?)",
                          (*key, state.value)))
 
-    def save_serial(self, apex: str, serial: int) -> None:
+    def save_serial(self, apex: str, serial: int) -> int:
+        """One instance per file: nobody else raises the serial, so it is kept as given."""
         self._write(("INSERT OR REPLACE INTO serials VALUES (?, ?)", (apex, serial)))
+        return serial
 
     def save_heartbeat(self, ref: EndpointRef, heartbeat: Heartbeat) -> None:
         """Nothing to share with: heartbeats live in the registry's memory only."""

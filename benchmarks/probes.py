@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/probes.py [--endpoints 10000] [--seconds 15] [--kind http tcp]
                                           [--code DIR] [--floor] [--defer-accept] [--common]
+                                          [--apart]
 
 ``--code`` measures another version of the package side by side, e.g. the one before
 kept connections: ``git archive 3aac5ff gslb | tar -x -C /tmp/before`` then
@@ -34,6 +35,20 @@ loop and no prober, first a socket per connect closed with a reset (``SO_LINGER`
 then one socket reused, its connection dissolved with ``connect(AF_UNSPEC)``; and last
 the ``TcpChecker`` alone on a uvloop loop (no prober, no registry, no metrics), its
 connects started in slices every 10 ms as the prober's ticks do.
+
+``--apart`` puts the endpoints where a real fleet is, on the far side of a network
+link, so that the prober's core pays only the prober's side of each connection. On
+loopback the kernel runs both ends of a connection in the sender's context: the
+endpoint's handling of the SYN, its SYN-ACK, the accepted socket and its teardown are
+all charged to the prober's thread. With ``--apart`` the script (root, ``ip`` from
+iproute2) makes two network namespaces for the run, joined by a veth pair; the fleet
+runs in one, pinned to core 1, with its side's packets handled on core 1 (RPS); the
+prober runs in the other, pinned to core 0, with its side's packets handled on core 0.
+The addresses stay in 127.0.0.0/8 (``route_localnet``), so nothing can leave the
+machine; the namespaces are removed afterwards. It prints each core's busy time per
+wall second from ``/proc/stat`` (user, system, interrupts), the prober's core being the
+figure to hold against the target. Without ``--apart``, ``--pin`` runs the same pinning
+on plain loopback, for the comparison in one session.
 
 ``--common`` measures the prober's common per-check path alone, the same for every kind
 of check (the schedule wheel, rise/fall, the batched report to ``registry.note_checks``,
@@ -174,17 +189,39 @@ COUNTERS = {("Tcp", "ActiveOpens"): "opened", ("TcpExt", "ListenOverflows"): "ov
             ("TcpExt", "ListenDrops"): "listen drops", ("Tcp", "RetransSegs"): "retransmits"}
 
 
+# the network namespaces whose TCP counters are read: this process's, and with --apart
+# the fleet's (as /proc/PID of a process in it)
+NAMESPACES = ["/proc/self"]
+
+
 def tcp_counters() -> dict[str, int]:
-    """The machine's TCP counters that say whether connects waited on the endpoints."""
-    found = {}
-    for table in ("/proc/net/snmp", "/proc/net/netstat"):
-        lines = Path(table).read_text().splitlines()
-        for names, values in zip(lines[::2], lines[1::2], strict=False):
-            group, _, keys = names.partition(": ")
-            for key, value in zip(keys.split(), values.split(": ", 1)[1].split(), strict=False):
-                if (group, key) in COUNTERS:
-                    found[COUNTERS[group, key]] = int(value)
-    return found
+    """The TCP counters that say whether connects waited on the endpoints (summed over
+    the namespaces of the prober and the fleet)."""
+    found: dict[str, int] = defaultdict(int)
+    for root in NAMESPACES:
+        for table in ("net/snmp", "net/netstat"):
+            lines = Path(root, table).read_text().splitlines()
+            for names, values in zip(lines[::2], lines[1::2], strict=False):
+                group, _, keys = names.partition(": ")
+                for key, value in zip(keys.split(), values.split(": ", 1)[1].split(),
+                                      strict=False):
+                    if (group, key) in COUNTERS:
+                        found[COUNTERS[group, key]] += int(value)
+    return dict(found)
+
+
+def core_times() -> list[tuple[int, int]]:
+    """(busy, all) clock ticks of each core so far, from /proc/stat. Busy is user, nice,
+    system, interrupts and soft interrupts: on the prober's core the packets of its
+    connections are handled in soft interrupts, which no process is charged for."""
+    cores = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            user, nice, system, idle, iowait, irq, softirq = map(int, fields[:7])
+            busy = user + nice + system + irq + softirq
+            cores.append((busy, busy + idle + iowait))
+    return cores
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -227,6 +264,7 @@ def run(kind: str, ports: list[list[object]], seconds: float,
         time.sleep(WARMUP)
         started, (user0, sys0), proc0 = clock(), thread_cpu(tid), time.process_time()
         fleet0, counters0 = sum(map(process_cpu, fleet_pids)), tcp_counters()
+        cores0 = core_times()
         generation0 = registry.generation
         transitions0 = sum(registry.transition_counts().values())
         failures0 = len(failures)
@@ -240,6 +278,8 @@ def run(kind: str, ports: list[list[object]], seconds: float,
         user, system = user - user0, system - sys0
         cpu, proc = user + system, time.process_time() - proc0
         fleet_cpu = sum(map(process_cpu, fleet_pids)) - fleet0
+        cores = [(busy - busy0) / max(1, every - every0) for (busy, every), (busy0, every0)
+                 in zip(core_times(), cores0, strict=True)]
         counters = {k: v - counters0[k] for k, v in tcp_counters().items()}
         checks = sum(len(t) for t in times.values()) - counted0
         publishes = registry.generation - generation0
@@ -271,6 +311,7 @@ def run(kind: str, ports: list[list[object]], seconds: float,
         "publishes_per_s": publishes / wall,
         "fleet_cpu_pct": 100 * fleet_cpu / wall,
         **{f"tcp {k}": v for k, v in counters.items()},
+        **{f"core {n}": 100 * share for n, share in enumerate(cores)},
         **{f"gc {n}": count for n, count in enumerate(collections)},
     }, sample
 
@@ -438,6 +479,50 @@ def common_path(endpoints: int, seconds: float) -> None:
     uvloop.run(main())
 
 
+PROBER_ADDRESS = "127.0.50.254/24"  # the prober's side of the veth pair (--apart)
+
+
+def run_apart(argv: list[str]) -> int:
+    """Run this script again inside a network namespace joined to the fleet's by a veth
+    pair (see ``--apart``); returns its exit status. The namespaces go with the run."""
+    tag = str(os.getpid())
+    prober, fleet = f"gslb-prober-{tag}", f"gslb-fleet-{tag}"
+
+    def sh(namespace: str, command: str) -> list[str]:
+        return ["ip", "netns", "exec", namespace, "sh", "-c", command]
+
+    def localnet(device: str) -> str:  # 127.0.0.0/8 routed on a device other than lo
+        return (f"echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet && "
+                f"echo 1 > /proc/sys/net/ipv4/conf/{device}/route_localnet")
+
+    setup = [
+        ["ip", "netns", "add", prober], ["ip", "netns", "add", fleet],
+        ["ip", "link", "add", f"p{tag}", "type", "veth", "peer", "name", f"f{tag}"],
+        ["ip", "link", "set", f"p{tag}", "netns", prober, "name", "probe0"],
+        ["ip", "link", "set", f"f{tag}", "netns", fleet, "name", "fleet0"],
+        ["ip", "-n", prober, "addr", "add", PROBER_ADDRESS, "dev", "probe0"],
+        *(["ip", "-n", fleet, "addr", "add", f"{host}/24", "dev", "fleet0"] for host in HOSTS),
+        sh(prober, localnet("probe0")), sh(fleet, localnet("fleet0")),
+        # each side's packets are handled on its own core, as on two machines
+        sh(prober, "echo 1 > /sys/class/net/probe0/queues/rx-0/rps_cpus"),
+        sh(fleet, "echo 2 > /sys/class/net/fleet0/queues/rx-0/rps_cpus"),
+        ["ip", "-n", prober, "link", "set", "probe0", "up"],
+        ["ip", "-n", fleet, "link", "set", "fleet0", "up"],
+    ]
+    try:
+        for command in setup:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"--apart needs root and iproute2: {' '.join(command)}: "
+                      f"{done.stderr.strip()}", file=sys.stderr)
+                return 2
+        return subprocess.run(["ip", "netns", "exec", prober, sys.executable, __file__,
+                               *argv, "--fleet-netns", fleet]).returncode
+    finally:
+        for namespace in (prober, fleet):  # deleting a namespace deletes its veth end
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--endpoints", type=int, default=10_000)
@@ -454,7 +539,14 @@ def main() -> None:
                              "their accepted sockets (the share of its CPU that is theirs)")
     parser.add_argument("--common", action="store_true",
                         help="only the prober's common per-check path, without sockets (see above)")
+    parser.add_argument("--apart", action="store_true",
+                        help="the endpoints in a network namespace of their own, their side "
+                             "of each connection handled on the other core (see above)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the prober on core 0 and the fleet on core 1, on loopback "
+                             "(--apart pins them so too)")
     parser.add_argument("--fleet", type=int, help=argparse.SUPPRESS)  # the child's role
+    parser.add_argument("--fleet-netns", help=argparse.SUPPRESS)  # --apart, from inside
     args = parser.parse_args()
     if not (args.code / "gslb" / "__init__.py").is_file():
         parser.error(f"--code {args.code}: no gslb package there (it would measure the installed one)")
@@ -465,20 +557,34 @@ def main() -> None:
     if args.common:
         common_path(args.endpoints, args.seconds)
         return
+    if args.apart and args.fleet_netns is None:
+        sys.exit(run_apart(sys.argv[1:]))
+    pinned = args.pin or args.apart
+    prefix = ["ip", "netns", "exec", args.fleet_netns] if args.fleet_netns else []
+    if pinned:
+        os.sched_setaffinity(0, {0})
     raise_nofile(args.endpoints * 2 + 1000)
     # several fleet processes: each holds a listener and a kept connection per endpoint
     sizes = [len(range(i, args.endpoints, FLEETS)) for i in range(FLEETS)]
-    children = [subprocess.Popen([sys.executable, __file__, "--fleet", str(size)]
+    children = [subprocess.Popen(prefix + [sys.executable, __file__, "--fleet", str(size)]
                                  + ["--defer-accept"] * args.defer_accept,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if pinned
+                                 else None)
                 for size in sizes]
+    if args.fleet_netns:
+        NAMESPACES.append(f"/proc/{children[0].pid}")  # ip netns exec execs: the same pid
     try:
         ports = []
         for child in children:
             assert child.stdout is not None
             ports += json.loads(child.stdout.readline())
         import gslb
-        print(f"{len(ports)} endpoints on {len(HOSTS)} loopback addresses; checks every 1 s; "
+        where = (f"in a network namespace of their own (veth; {PROBER_ADDRESS} the prober's "
+                 "side)" if args.fleet_netns else "on loopback")
+        placed = "; prober on core 0, fleet on core 1" if pinned else ""
+        print(f"{len(ports)} endpoints on {len(HOSTS)} addresses {where}{placed}; "
+              "checks every 1 s; "
               f"{WARMUP:g} s warm-up, then {args.seconds:g} s measured; the package in "
               f"{Path(gslb.__file__).parent.parent}; {describe()}")
         header = (f"{'kind':5} {'checks/s':>9} {'thread CPU':>10} {'(system)':>8} {'process CPU':>11} "
@@ -495,8 +601,10 @@ def main() -> None:
                   f"{r['rtt_p50_ms']:6.1f}ms {r['rtt_p99_ms']:6.1f}ms "
                   f"{r['failures']:6.0f} {r['transitions']:11.0f} {r['publishes_per_s']:11.1f} "
                   f"{r['fleet_cpu_pct']:8.1f}%", flush=True)
-            print("      machine TCP counters: " + ", ".join(
+            print("      TCP counters: " + ", ".join(
                 f"{k[4:]} {v:.0f}" for k, v in r.items() if k.startswith("tcp ")))
+            print("      busy per wall second (/proc/stat): " + ", ".join(
+                f"{k} {v:.1f}%" for k, v in r.items() if k.startswith("core ")))
             print("      garbage collections of the process (generations 0, 1, 2): "
                   + ", ".join(f"{r[f'gc {n}']:.0f}" for n in range(3)))
             if sample:

@@ -394,11 +394,16 @@ def test_trace_less_answers_equal_explained_ones(
 
 
 def test_remembered_outcome_keeps_each_clients_scope(registry: Registry) -> None:
-    """Two ECS clients at one address and location, /22 then /24: each answer's scope is
-    capped by its own source prefix, not by the first one's (``fill``: only the
-    location counts)."""
-    at = IPv4Address("198.51.100.0")
-    name = f"fill.{APEX}"
-    wide = answer(registry.snapshot, name, RType.A, Client(at, 22, at, 1), explain=False)
-    narrow = answer(registry.snapshot, name, RType.A, Client(at, 24, at, 1), explain=False)
-    assert (wide.scope, narrow.scope) == (22, 24)
+    """Two ECS clients at one address and location, /16 then /24, in the database's
+    unmapped 198.51.0.0/18: each answer's scope is its own, not the first one's.
+    ``sticky`` hashes each client's bucket (/16, /24) and depends on the /18 network as
+    well; ``fill`` depends on the network alone, two bits more than the /16 gave (the
+    scope then says that the source prefix was too short, RFC 7871 section 7.2.1)."""
+    at = IPv4Address("198.51.0.0")
+    scopes = {}
+    for policy in ("sticky", "fill"):
+        name = f"{policy}.{APEX}"
+        wide = answer(registry.snapshot, name, RType.A, Client(at, 16, at, 1), explain=False)
+        narrow = answer(registry.snapshot, name, RType.A, Client(at, 24, at, 1), explain=False)
+        scopes[policy] = (wide.scope, narrow.scope)
+    assert scopes == {"sticky": (18, 24), "fill": (18, 18)}

@@ -60,7 +60,7 @@ def test_same_subnet_same_endpoint_and_hashing_on_the_subnet() -> None:
     ecs = Client(ip_address("81.2.3.0"), 24, ip_address("127.0.0.1"))
     assert answer(registry.snapshot, WWW, RType.A, ecs).scope == 24
     ecs16 = Client(ip_address("81.2.0.0"), 16, ip_address("127.0.0.1"))
-    assert answer(registry.snapshot, WWW, RType.A, ecs16).scope == 16  # capped by the source
+    assert answer(registry.snapshot, WWW, RType.A, ecs16).scope == 16  # hashed: the /16 given
     private = Client(ip_address("10.1.2.0"), 24, ip_address("81.2.3.4"))
     result = answer(registry.snapshot, WWW, RType.A, private)
     assert result.scope == 0  # private ECS: the resolver's address decided

@@ -515,12 +515,14 @@ def ecs(address: str, prefix: int, resolver: IPAddress = RESOLVER_JP, nonce: int
     ("one", ecs("198.51.100.0", 24), "eu", 24),
     ("one", ecs("198.51.100.0", 32), "eu", 24),  # more bits than the database used
     ("one", ecs("2001:db8:1::", 56), "eu", 48),  # the IPv6 rows are /48
-    ("one", ecs("2001:db8::", 40), "us", 40),  # capped by the source prefix (2001:db8::/48 is US)
+    # a source prefix shorter than the network decided on: the scope says so (longer than
+    # the source, RFC 7871 section 7.2.1), so that resolvers may send more bits
+    ("one", ecs("2001:db8::", 40), "us", 48),  # 2001:db8::/48 is US
     ("wt", ecs("8.8.8.0", 24), None, 2),  # unmapped: the empty network 0.0.0.0/2; weighted hashes nothing
-    ("wt", ecs("198.51.0.0", 16), None, 16),  # unmapped 198.51.0.0/18, capped by the source /16
+    ("wt", ecs("198.51.0.0", 16), None, 18),  # unmapped 198.51.0.0/18, longer than the /16
     # sticky within the pool: the /24 (/56) bucket as well
     ("www", ecs("198.51.100.0", 24), "eu", 24),
-    ("www", ecs("198.51.0.0", 16), None, 16),
+    ("www", ecs("198.51.0.0", 16), None, 18),  # the /16 bucket, the /18 network
     ("www", ecs("2001:db8:1::", 64), "eu", 56),
     ("www", ecs("8.8.8.0", 24), None, 24),
     # private or loopback ECS: unmapped ones stand for the resolver (JP), mapped ones are used

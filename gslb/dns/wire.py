@@ -653,7 +653,7 @@ def _opt(edns: Edns, rcode: Rcode, scope: int) -> bytes:
     source = subnet.source_prefix
     return _OPT_ECS_HEAD.pack(
         0, TYPE_OPT, MAX_UDP_PAYLOAD, ttl, 8 + len(address), ECS_OPTION, 4 + len(address),
-        subnet.family, source, scope if scope < source else source,
+        subnet.family, source, scope,
     ) + address
 
 

@@ -23,7 +23,14 @@ from ipaddress import IPv4Address, ip_network
 
 from gslb.engine import failover, family, geo, healthy
 from gslb.engine import select as select_step
-from gslb.engine.context import Client, Context, Step, bucket_of
+from gslb.engine.context import (
+    ECS_MAX_PREFIX_V4,
+    ECS_MAX_PREFIX_V6,
+    Client,
+    Context,
+    Step,
+    bucket_of,
+)
 from gslb.engine.ring import hash_key
 from gslb.model import AddressData, GeoInfo, IPAddress, Record, RType
 from gslb.snapshot import EndpointView, Locator, ServiceView
@@ -180,12 +187,13 @@ def select(
             else:
                 chosen = tuple(planned[i] for i in picks)
                 views = tuple(members[i] for i in picks)
-            # the most specific prefix depended on: max(min(p, source)) = min(max(p), source)
+            # the most specific prefix depended on (Context.depend, inline):
+            # max(min(p, limit)) = min(max(p), limit)
             deepest = prefix if prefix > prepared.deepest else prepared.deepest
-            source = client.source_prefix
-            if source is None:  # positional: cheaper than keywords, per query
+            if client.source_prefix is None:  # positional: cheaper than keywords, per query
                 return Selection(chosen, 0, (), deepest, False, views)
-            return Selection(chosen, deepest if deepest < source else source, (), None, False,
+            limit = ECS_MAX_PREFIX_V4 if v4 else ECS_MAX_PREFIX_V6
+            return Selection(chosen, deepest if deepest < limit else limit, (), None, False,
                              views)
         ctx = Context(service, qtype, client, locator, explain=False)
         ctx._geo = geo

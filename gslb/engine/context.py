@@ -53,10 +53,13 @@ class Context:
         return self._geo
 
     def depend(self, prefix: int) -> None:
-        """Note that the answer depends on the client's first ``prefix`` bits."""
+        """Note that the answer depends on the client's first ``prefix`` bits. For an
+        ECS client that is at most the bits of a subnet we use (/24, /56), and may be
+        more than the resolver sent: the scope then says that its prefix was too short
+        to decide (RFC 7871 section 7.2.1)."""
         self.depended.append(prefix)
         if self.client.source_prefix is not None:
-            prefix = min(prefix, self.client.source_prefix)
+            prefix = min(prefix, ecs_limit(self.client.address))
         self.scope = max(self.scope, prefix)
         self.consulted = True
 
@@ -67,6 +70,11 @@ class Context:
 
 
 Step = Callable[[list[EndpointView], Context], list[EndpointView]]
+
+
+def ecs_limit(address: IPAddress) -> int:
+    """How many bits of an ECS subnet of ``address``'s family we use at most."""
+    return ECS_MAX_PREFIX_V4 if isinstance(address, IPv4Address) else ECS_MAX_PREFIX_V6
 
 
 def client_bucket(client: Client) -> tuple[bytes, int]:

@@ -516,6 +516,9 @@ def test_ecs_invalid_formerr(port: int, payload: bytes) -> None:
     response = dns.message.from_wire(raw_udp(port, q.to_wire()) or b"")
     assert response.rcode() == dns.rcode.FORMERR
     assert not response.answer
+    # with an OPT record, so that the resolver does not take us for a server without
+    # EDNS (RFC 6891 section 7); the malformed option is not echoed
+    assert response.edns == 0 and not response.options
     assert_alive(port)
 
 

@@ -72,6 +72,16 @@ class _Malformed(Exception):
     """The query cannot be parsed."""
 
 
+class _BadOption(_Malformed):
+    """An option of the OPT record is malformed: the FORMERR carries an OPT record, so
+    that the requester can tell an EDNS error from a server without EDNS (RFC 6891
+    section 7)."""
+
+    def __init__(self, edns: Edns) -> None:
+        super().__init__()
+        self.edns = edns
+
+
 class _Names(dict[tuple[bytes, ...], int]):
     """dnslib's compression table, minus offsets a 14-bit pointer cannot reach."""
 
@@ -166,7 +176,8 @@ def parse_query(data: bytes) -> Query | bytes | None:
 
     - FORMERR: the message cannot be parsed (trailing bytes included), QDCOUNT is
       not 1, more than one OPT record, an OPT record outside the additional section
-      or not owned by the root, a malformed Client Subnet option, or a question for
+      or not owned by the root, a malformed Client Subnet option (or option framing:
+      the reply then carries an OPT record, RFC 6891 section 7), or a question for
       type OPT;
     - NOTIMP: an opcode other than QUERY, or a zone transfer or key/signature type
       (AXFR, IXFR, TKEY, TSIG) as the question type;
@@ -190,6 +201,8 @@ def _parse_full(data: bytes) -> Query | bytes | None:
         return None
     try:
         message = _read_message(data, qdcount, ancount, nscount, arcount)
+    except _BadOption as exc:
+        return pack_reply(qid, flags, Rcode.FORMERR, None, edns=exc.edns)
     except _Malformed:
         rcode = Rcode.NOTIMP if _opcode(flags) != OPCODE_QUERY else Rcode.FORMERR
         return _pack_bare(qid, flags, rcode)
@@ -437,18 +450,21 @@ def _read_opt(data: bytes, offset: int, end: int, payload: int, ttl: int) -> Edn
     version = (ttl >> 16) & 0xFF
     do = bool(ttl & DO)
     subnet: ClientSubnet | None = None
-    while offset < end:
-        if offset + 4 > end:
-            raise _Malformed
-        code, length = _U16X2.unpack_from(data, offset)
-        offset += 4
-        if offset + length > end:
-            raise _Malformed
-        if code == ECS_OPTION and version == 0:
-            if subnet is not None:
+    try:
+        while offset < end:
+            if offset + 4 > end:
                 raise _Malformed
-            subnet = _read_subnet(data[offset : offset + length])
-        offset += length  # other options are ignored (RFC 6891 section 6.1.2)
+            code, length = _U16X2.unpack_from(data, offset)
+            offset += 4
+            if offset + length > end:
+                raise _Malformed
+            if code == ECS_OPTION and version == 0:
+                if subnet is not None:
+                    raise _Malformed
+                subnet = _read_subnet(data[offset : offset + length])
+            offset += length  # other options are ignored (RFC 6891 section 6.1.2)
+    except _Malformed:
+        raise _BadOption(Edns(payload=payload, do=do, version=version)) from None
     return Edns(payload=payload, do=do, version=version, subnet=subnet)
 
 

@@ -224,6 +224,8 @@ def test_any_is_minimal(port: int) -> None:
     assert len(rrset) == 1
     assert rrset[0].cpu == b"RFC8482"
     assert_negative(query(port, "nothing." + APEX, "ANY"), dns.rcode.NXDOMAIN)
+    # at an alias: its CNAME, nothing made up beside it (RFC 8482 section 4.2)
+    assert rrset_texts(query(port, "alias." + APEX, "ANY")) == {f"alias.{APEX} CNAME mail.{APEX}"}
 
 
 def test_unknown_types(port: int) -> None:

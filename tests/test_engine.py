@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from ipaddress import IPv4Address, ip_address
 
@@ -9,7 +10,16 @@ from gslb.config import load_zone_text
 from gslb.engine.answer import Rcode, answer
 from gslb.engine.context import Client
 from gslb.engine.ring import make_ring
-from gslb.model import AddressData, AdminState, Endpoint, EndpointRef, Health, RType
+from gslb.model import (
+    AddressData,
+    AdminState,
+    Endpoint,
+    EndpointRef,
+    Health,
+    NameData,
+    Record,
+    RType,
+)
 from gslb.registry import Registry
 
 ZONE = textwrap.dedent("""\
@@ -167,3 +177,26 @@ def test_health_default_is_documented_state() -> None:
     health = Health()
     assert health.up and health.serving
     assert not Health(admin=AdminState.DISABLED).serving
+
+
+def test_a_cname_loop_is_answered_with_each_link_once() -> None:
+    """``gslb check`` refuses loops; a zone built another way still answers each
+    record once (RFC 2181 section 5), not the chain repeated up to its length limit."""
+    zone = load_zone_text(ZONE, "test.yaml")
+    l1, l2 = "l1.gslb.example.com.", "l2.gslb.example.com."
+    links = (Record(l1, RType.CNAME, 60, NameData(l2)), Record(l2, RType.CNAME, 60, NameData(l1)))
+    registry = Registry()
+    registry.load_zones([dataclasses.replace(zone, records=zone.records + links)])
+    result = answer(registry.snapshot, l1, RType.A, Client(ip_address("192.0.2.77")))
+    assert result.rcode is Rcode.NOERROR
+    assert result.answer == links
+
+
+def test_any_at_an_alias_is_its_cname() -> None:
+    """RFC 8482 section 4.2: no synthesised HINFO beside a CNAME."""
+    zone = load_zone_text(ZONE, "test.yaml")
+    alias = Record("app.gslb.example.com.", RType.CNAME, 60, NameData(WWW))
+    registry = Registry()
+    registry.load_zones([dataclasses.replace(zone, records=(*zone.records, alias))])
+    result = answer(registry.snapshot, alias.name, RType.ANY, Client(ip_address("192.0.2.77")))
+    assert (result.rcode, result.answer) == (Rcode.NOERROR, (alias,))

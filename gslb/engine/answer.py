@@ -84,6 +84,7 @@ def answer(
     records: list[Record] = []
     scope = 0
     name = qname
+    visited = [qname]
     for _ in range(MAX_CNAME_CHAIN + 1):
         service = zone.services.get(name)
         if service is not None and (qtype == RType.A or qtype == RType.AAAA):
@@ -135,6 +136,10 @@ def answer(
         trace.append(f"{name} is an alias of {target}")
         if snapshot.find_zone(target) is not zone:
             return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+        if target in visited:  # a loop: each record once (RFC 2181 section 5)
+            trace.append(f"CNAME loop back to {target}")
+            return Answer(Rcode.NOERROR, True, tuple(records), scope=scope, trace=tuple(trace))
+        visited.append(target)
         name = target
 
     trace.append(f"CNAME chain longer than {MAX_CNAME_CHAIN}")
@@ -170,6 +175,10 @@ def _any(zone: ZoneView, qname: str, trace: list[str]) -> Answer:
     if qname not in zone.names:
         trace.append(f"{qname} does not exist")
         return _negative(zone, Rcode.NXDOMAIN, [], trace, 0)
+    cname = zone.rrsets.get((qname, RType.CNAME))
+    if cname:  # an alias has no other data to stand for (RFC 8482 section 4.2)
+        trace.append(f"ANY: {qname} is an alias, answered with its CNAME")
+        return Answer(Rcode.NOERROR, True, cname, trace=tuple(trace))
     trace.append("ANY: minimal answer (RFC 8482)")
     hinfo = Record(qname, RType.HINFO, zone.soa.ttl, HINFOData("RFC8482", ""))
     return Answer(Rcode.NOERROR, True, (hinfo,), trace=tuple(trace))

@@ -173,6 +173,16 @@ def test_cname_to_service(port: int) -> None:
     assert {text.split()[-1] for text in texts if " A " in text} == UP_ENDPOINTS
 
 
+def test_cname_to_service_with_ecs_is_the_cname_alone(port: int) -> None:
+    """RFC 7871 section 7.2.1: the resolver caches the alias once, for everyone, and
+    asks for the service itself, whose answer comes with its own scope."""
+    response = udp(port, ecs_query("app." + APEX, dns.edns.ECSOption("203.0.113.0", 24)))
+    assert response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA
+    assert rrset_texts(response) == {f"app.{APEX} CNAME {WWW}"}
+    [option] = response.options
+    assert isinstance(option, dns.edns.ECSOption) and option.scopelen == 0
+
+
 def test_cname_not_chased_out_of_zone(port: int) -> None:
     response = query(port, "docs." + APEX, "A")
     assert response.rcode() == dns.rcode.NOERROR

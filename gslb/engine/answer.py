@@ -88,6 +88,12 @@ def answer(
     for _ in range(MAX_CNAME_CHAIN + 1):
         service = zone.services.get(name)
         if service is not None and (qtype == RType.A or qtype == RType.AAAA):
+            if records and client.source_prefix is not None:
+                # an alias of a service, asked with ECS: the initial CNAME alone, so that
+                # resolvers cache it once and the service's answer under its own scope
+                # when they ask for it (RFC 7871 section 7.2.1)
+                trace.append(f"ECS: answered with the alias alone; {name} is a service")
+                return Answer(Rcode.NOERROR, True, tuple(records[:1]), trace=tuple(trace))
             rtype = qtype if isinstance(qtype, RType) else RType(qtype)
             selection = select(service, rtype, client, snapshot.locator, explain=explain)
             trace.append(f"service {name}")

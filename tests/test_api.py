@@ -610,3 +610,36 @@ def test_api_logger_is_quiet_on_client_errors(
     api.post("/register", reg(A, pool="mars"))
     api.get("/nope")
     assert [r for r in caplog.records if r.name == "gslb.api"] == []
+
+
+# --- explain and endpoint paths -----------------------------------------------------
+
+
+GEO = "geo.gslb.example.com"
+EXPLAIN = f"/explain?name={GEO}&client=192.0.2.1"
+GEO_ENDPOINT = f"/services/{GEO}/pools/europe/endpoints/192.0.2.11"
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("&id=%C2%B2", "id"),  # "²": str.isdigit() says yes, int() says no
+    ("&id=%EF%BC%91", "id"),  # fullwidth "１"
+    ("&id=1" + "0" * 5000, "id"),  # beyond int()'s digit limit
+    ("&type=%C2%B2", "type"),
+    ("&type=%EF%BC%91", "type"),
+])
+def test_explain_takes_only_ascii_digits(api: Api, query: str, field: str) -> None:
+    reply = api.get(EXPLAIN + query)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == field
+    assert api.get(EXPLAIN + "&id=7&type=1").status == 200
+
+
+@pytest.mark.parametrize("port", ["%C2%B2", "%EF%BC%98%EF%BC%90"])  # "²", fullwidth "８０"
+def test_endpoint_path_port_takes_only_ascii_digits(api: Api, port: str) -> None:
+    path = f"{GEO_ENDPOINT}:{port}"
+    for reply in (api.get(path), api.call("PUT", path, {"admin": "drain"})):
+        assert reply.status == 400, reply.body
+        assert reply.body["field"] == "endpoint"
+    shown = api.get(GEO_ENDPOINT)
+    assert shown.status == 200, shown.body
+    assert shown.body["health"]["admin"] == "enabled"

@@ -362,10 +362,18 @@ def _endpoint_path(request: web.Request) -> tuple[str, str, IPAddress, int | Non
         raise RequestError(f"endpoint: {text!r} is not an IP address", "endpoint") from None
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        port = _decimal(port_text)
+        if port is None or not 1 <= port <= 65535:
             raise RequestError(f"endpoint: port {port_text!r} is not 1-65535", "endpoint")
-        port = int(port_text)
     return _path_name(request), request.match_info["pool"], address, port
+
+
+def _decimal(text: str) -> int | None:
+    """``text`` as a number written in ASCII digits, else None. ``str.isdigit`` is not
+    enough: it accepts "²" (which ``int`` refuses) and "８０" (which ``int`` reads as 80)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        return None
+    return int(text)
 
 
 async def metrics_text(request: web.Request) -> web.Response:
@@ -390,8 +398,9 @@ async def explain(request: web.Request) -> web.Response:
         raise RequestError("name: required, e.g. www.gslb.example.com", "name")
     qname = fqdn(name)
     qtype_text = query.get("type", "A").upper()
+    number = _decimal(qtype_text)
     try:
-        qtype: RType | int = RType[qtype_text] if not qtype_text.isdigit() else int(qtype_text)
+        qtype: RType | int = RType[qtype_text] if number is None else number
     except KeyError:
         raise RequestError(f"type: unknown type {qtype_text!r}", "type") from None
     try:
@@ -399,10 +408,10 @@ async def explain(request: web.Request) -> web.Response:
     except ValueError:
         raise RequestError("client: required, the address of the asking resolver or client",
                            "client") from None
-    nonce = query.get("id", "0")
-    if not nonce.isdigit() or int(nonce) > 0xFFFF:
+    nonce = _decimal(query.get("id", "0"))
+    if nonce is None or nonce > 0xFFFF:
         raise RequestError("id: a DNS message ID, 0-65535", "id")
-    client = Client(resolver, nonce=int(nonce))
+    client = Client(resolver, nonce=nonce)
     ecs_text = query.get("ecs")
     if ecs_text:
         try:
@@ -412,7 +421,7 @@ async def explain(request: web.Request) -> web.Response:
                                "ecs") from None
         limit = ECS_MAX_PREFIX_V4 if ecs.version == 4 else ECS_MAX_PREFIX_V6
         used = ip_network((ecs.network_address, min(ecs.prefixlen, limit)), strict=False)
-        client = Client(used.network_address, used.prefixlen, resolver, int(nonce))
+        client = Client(used.network_address, used.prefixlen, resolver, nonce)
     snapshot = request.app[REGISTRY].snapshot
     result = answer(snapshot, qname, qtype, client)
     return web.json_response(views.explain_json(snapshot, qname, qtype, client, result))

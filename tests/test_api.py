@@ -643,3 +643,19 @@ def test_endpoint_path_port_takes_only_ascii_digits(api: Api, port: str) -> None
     shown = api.get(GEO_ENDPOINT)
     assert shown.status == 200, shown.body
     assert shown.body["health"]["admin"] == "enabled"
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    (f"name={GEO}&type=65536", "type"),
+    (f"name={GEO}&type=70000", "type"),
+    ("name=foo..bar", "name"),
+    ("name=foo%00bar.gslb.example.com", "name"),
+    ("name=" + "a" * 64 + ".gslb.example.com", "name"),
+])
+def test_explain_checks_type_range_and_name(api: Api, query: str, field: str) -> None:
+    reply = api.get("/explain?client=192.0.2.1&" + query)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == field
+    assert reply.body["error"].startswith(f"{field}: ")
+    fine = api.get(EXPLAIN + "&type=65535")
+    assert fine.status == 200, fine.body

@@ -397,8 +397,13 @@ async def explain(request: web.Request) -> web.Response:
     if not name:
         raise RequestError("name: required, e.g. www.gslb.example.com", "name")
     qname = fqdn(name)
+    problem = check_name(qname)
+    if problem:
+        raise RequestError(f"name: {problem}", "name")
     qtype_text = query.get("type", "A").upper()
     number = _decimal(qtype_text)
+    if number is not None and number > 0xFFFF:
+        raise RequestError(f"type: {qtype_text} is not a record type (0-65535)", "type")
     try:
         qtype: RType | int = RType[qtype_text] if number is None else number
     except KeyError:

@@ -4,10 +4,13 @@ and a real HTTP client. DNS effects are checked through the answer engine."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import logging
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine
@@ -659,3 +662,60 @@ def test_explain_checks_type_range_and_name(api: Api, query: str, field: str) ->
     assert reply.body["error"].startswith(f"{field}: ")
     fine = api.get(EXPLAIN + "&type=65535")
     assert fine.status == 200, fine.body
+
+
+# --- bodies that cannot be read -------------------------------------------------------
+
+
+def send(api: Api, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
+    """One request over http.client, which sends the headers it is given as they are."""
+    connection = http.client.HTTPConnection(api.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request(method, path, body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        return Reply(response.status, json.loads(data) if data else None, dict(response.headers))
+    finally:
+        connection.close()
+
+
+def test_body_that_is_not_the_gzip_it_claims_is_400(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    reply = send(api, "POST", "/register", b"{}", headers)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == "body"
+    assert "gzip" in reply.body["error"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # a body that is gzip is read as JSON
+    good = send(api, "POST", "/register", gzip.compress(json.dumps(reg(A)).encode()), headers)
+    assert good.status == 201, good.body
+
+
+def api_requests(api: Api) -> dict[str, float]:
+    """gslb_api_requests_total of POST /register, by status."""
+    with _OPENER.open(api.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith('gslb_api_requests_total{method="POST",route="/register"'):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('status="')[1].split('"')[0]] = float(value)
+    return found
+
+
+def test_client_that_leaves_mid_body_is_not_a_server_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1]))) as client:
+        client.sendall(b"POST /register HTTP/1.1\r\nHost: gslb\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                       b'{"service": ')
+        time.sleep(0.2)  # the handler is waiting for the rest
+    deadline = time.monotonic() + 10
+    while not api_requests(api) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api_requests(api) == {"499": 1.0}  # counted, as nginx does, but not as a 500
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert api.post("/register", reg(A)).status == 201

@@ -446,7 +446,15 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > request.client_max_size:
         raise ApiError(413, f"request body larger than {request.client_max_size} bytes")
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge for chunked bodies
+    try:
+        raw = await request.read()  # raises HTTPRequestEntityTooLarge for chunked bodies
+    except web.RequestPayloadError as exc:  # a bad Content-Encoding or chunked framing
+        request.content.feed_eof()  # aiohttp would read on after the answer, and log it
+        reason = getattr(exc.__cause__, "message", None) or "malformed"
+        raise ApiError(400, f"body could not be read: {reason}",
+                       {hdrs.CONNECTION: "close"}, field="body") from None
+    except ConnectionError:  # aiohttp's ConnectionResetError("Connection lost")
+        raise ClientGone("the client closed the connection while sending its body") from None
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -602,11 +610,28 @@ def _reject_constant(name: str) -> NoReturn:
 class ApiError(Exception):
     """An HTTP error status with a message, raised by the API's own code."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        field: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.field = field
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was read: nobody is left
+    to answer, and it is neither the server's fault nor a bad request."""
+
+
+# The status a request whose client left is counted under (nginx's "client closed
+# request"); never sent, as nobody reads it.
+CLIENT_CLOSED = 499
 
 
 def error_response(
@@ -623,7 +648,7 @@ def error_response(
 
 def make_count_middleware(metrics: Metrics) -> Middleware:
     """Counts every request by route (its pattern, so names do not explode the labels),
-    method and final status."""
+    method and final status; 499 when the client left before its request was read."""
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -662,7 +687,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message, headers=exc.headers)
+        return error_response(exc.status, exc.message, exc.field, exc.headers)
+    except ClientGone as exc:
+        log.debug("%s %s: %s", request.method, request.path, exc)
+        return web.Response(status=CLIENT_CLOSED)
     except RequestError as exc:
         return error_response(400, str(exc), exc.field or "body")
     except ConfigError as exc:

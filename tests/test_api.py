@@ -719,3 +719,58 @@ def test_client_that_leaves_mid_body_is_not_a_server_error(
     assert api_requests(api) == {"499": 1.0}  # counted, as nginx does, but not as a 500
     assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
     assert api.post("/register", reg(A)).status == 201
+
+
+# --- an address that several endpoints share ----------------------------------------
+
+
+SHARED = "127.0.0.10"  # inside both pools' allow lists
+
+
+def health_of(api: Api, pool: str, key: str) -> dict[str, Any]:
+    return dict(endpoints(api, pool)[key]["health"])
+
+
+def test_heartbeat_without_pool_for_an_address_in_two_pools_is_400(api: Api) -> None:
+    for pool in ("eu-west", "us-east"):
+        assert api.post("/register", reg(SHARED, pool=pool, heartbeat_timeout=30)).status == 201
+    reply = api.post("/heartbeat", {"service": WWW, "address": SHARED, "status": "draining"})
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == "pool"
+    assert "eu-west, us-east" in reply.body["error"]
+    for pool in ("eu-west", "us-east"):
+        assert health_of(api, pool, f"{SHARED}:None")["state"] == "up"  # neither beat
+
+    named = api.post("/heartbeat", reg(SHARED, pool="us-east", status="draining"))
+    assert named.status == 200, named.body
+    assert health_of(api, "us-east", f"{SHARED}:None")["state"] == "draining"
+    assert health_of(api, "eu-west", f"{SHARED}:None")["state"] == "up"
+
+
+def test_heartbeat_or_deregister_without_port_for_an_address_on_two_ports_is_400(
+    api: Api,
+) -> None:
+    for port in (1, 2):
+        assert api.post("/register", reg(A, port=port, heartbeat_timeout=30)).status == 201
+    for path, body in (("/heartbeat", reg(A, status="draining")), ("/deregister", reg(A))):
+        reply = api.post(path, body)
+        assert reply.status == 400, (path, reply.body)
+        assert reply.body["field"] == "port"
+        assert "ports 1, 2" in reply.body["error"]
+    assert {k: e["health"]["state"] for k, e in endpoints(api).items()} == {
+        f"{A}:1": "up", f"{A}:2": "up"}  # nothing beat, nothing was removed
+
+    assert api.post("/heartbeat", reg(A, port=2, status="draining")).status == 200
+    assert api.post("/deregister", reg(A, port=1)).status == 200
+    assert {k: e["health"]["state"] for k, e in endpoints(api).items()} == {
+        f"{A}:2": "draining"}
+
+
+def test_without_a_port_the_endpoint_without_one_is_meant(api: Api) -> None:
+    assert api.post("/register", reg(A, port=80)).status == 201
+    assert api.post("/register", reg(A)).status == 201
+    shown = api.get(f"/services/{WWW}/pools/eu-west/endpoints/{A}")
+    assert shown.status == 200, shown.body
+    assert (shown.body["address"], shown.body["port"]) == (A, None)
+    assert api.post("/deregister", reg(A)).status == 200
+    assert list(endpoints(api)) == [f"{A}:80"]

@@ -306,9 +306,20 @@ class Registry:
             return endpoint, created
 
     def deregister(self, service: str, pool: str, address: IPAddress, port: int | None) -> Endpoint:
+        """Remove a registration, durably. One waiting for its service or pool (a PUT
+        dropped the pool, a zone file the service) is removed too, so it does not come
+        back with them."""
         with self._lock:
-            svc = self._require_pool(service, pool)
-            ref = self._find_ref(svc.name, pool, address, port, exact=True)
+            svc = self._find_service(fqdn(service))
+            name = fqdn(service) if svc is None else svc.name
+            if svc is None or svc.pool(pool) is None:
+                waiting = self._registered.get((name, pool), {})
+                if not any(key[0] == address for key in waiting):
+                    self._require_pool(service, pool)  # NotFound: no service, or no pool
+                refs = [EndpointRef(name, pool, *key) for key in waiting]
+                ref = _only(refs, address, port, name)
+            else:
+                ref = self._find_ref(name, pool, address, port, exact=True)
             endpoint = self._registered.get((ref.service, ref.pool), {}).get(
                 (ref.address, ref.port))
             if endpoint is None:
@@ -771,7 +782,9 @@ class Registry:
             if self._store is not None:
                 self._store.save_admin(ref, AdminState.ENABLED)
             del self._admin[ref]
-        self._bump_serial(self._zone_of(ref.service))
+        served = self._services.get(ref.service)
+        if served is not None:  # else it waited for its service, and DNS never showed it
+            self._bump_serial(served[0])
         self._publish()
         log.info("%s endpoint %s", why, ref)
 

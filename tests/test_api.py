@@ -774,3 +774,55 @@ def test_without_a_port_the_endpoint_without_one_is_meant(api: Api) -> None:
     assert (shown.body["address"], shown.body["port"]) == (A, None)
     assert api.post("/deregister", reg(A)).status == 200
     assert list(endpoints(api)) == [f"{A}:80"]
+
+
+# --- registrations whose pool is gone -----------------------------------------------
+
+
+SHOP = "shop.gslb.example.com"
+WAITING = "192.0.2.9"
+
+
+def shop_spec(*pools: str) -> dict[str, Any]:
+    return {"check": {"type": "none"},
+            "pools": {p: {"endpoints": [f"192.0.2.{50 + i}"], "allow": ["192.0.2.0/24"]}
+                      for i, p in enumerate(pools)}}
+
+
+def shop_addresses(api: Api, pool: str) -> list[str]:
+    reply = api.get(f"/services/{SHOP}")
+    assert reply.status == 200, reply.body
+    (found,) = [p for p in reply.body["pools"] if p["name"] == pool]
+    return [e["address"] for e in found["endpoints"]]
+
+
+def test_registration_whose_pool_was_removed_can_be_deregistered(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.sqlite"
+    api = serve(open_registry(state, stores))
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 201
+    body = {"service": SHOP, "pool": "p", "address": WAITING}
+    assert api.post("/register", body).status == 201
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("q")).status == 200
+
+    removed = api.post("/deregister", body)
+    assert removed.status == 200, removed.body
+    assert (removed.body["pool"], removed.body["address"]) == ("p", WAITING)
+    again = api.post("/deregister", body)
+    assert again.status == 404, again.body  # gone: the pool is named as missing again
+    assert "no pool p" in again.body["error"]
+
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 200
+    assert shop_addresses(api, "p") == ["192.0.2.50"]  # it did not come back with p
+    restarted = serve(open_registry(state, stores))
+    assert shop_addresses(restarted, "p") == ["192.0.2.50"]  # nor after a restart
+
+
+def test_registration_waits_for_its_pool_unless_deregistered(api: Api) -> None:
+    """As README's State section says: a registration whose pool is gone waits for it."""
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 201
+    assert api.post("/register", {"service": SHOP, "pool": "p", "address": WAITING}).status == 201
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("q")).status == 200
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 200
+    assert shop_addresses(api, "p") == ["192.0.2.50", WAITING]

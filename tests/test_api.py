@@ -826,3 +826,26 @@ def test_registration_waits_for_its_pool_unless_deregistered(api: Api) -> None:
     assert api.call("PUT", f"/services/{SHOP}", shop_spec("q")).status == 200
     assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 200
     assert shop_addresses(api, "p") == ["192.0.2.50", WAITING]
+
+
+# --- HEAD -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/healthz", f"/services/{WWW}", "/services", "/"])
+def test_head_answers_like_get_without_a_body(api: Api, path: str) -> None:
+    connection = http.client.HTTPConnection(api.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", path)
+        got = connection.getresponse()
+        body = got.read()
+        connection.request("HEAD", path)
+        head = connection.getresponse()
+        assert head.status == got.status == 200
+        assert head.read() == b""
+        assert head.getheader("Content-Type") == got.getheader("Content-Type")
+        assert head.getheader("Content-Length") == got.getheader("Content-Length") == str(
+            len(body))
+    finally:
+        connection.close()
+    missing = send(api, "HEAD", "/services/nope.gslb.example.com", b"", {})
+    assert (missing.status, missing.body) == (404, None)

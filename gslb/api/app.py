@@ -24,6 +24,7 @@ starts it with ``AppRunner``/``TCPSite`` beside the DNS listeners. JSON in and o
     GET  /explain?name=N&type=A&client=IP[&ecs=NET][&id=N]  the answer and why
     GET  /openapi.json the OpenAPI document of these routes
     GET  /             the dashboard (HTML and a little JavaScript reading /services)
+    (every GET route answers HEAD too: the same status and headers, no body)
 
 Tokens (each optional): ``token`` for writes; ``admin_token``, when set, for service
 management (PUT/DELETE services, admin states, reload) instead of ``token``;
@@ -88,6 +89,7 @@ DEREGISTER_FIELDS = ("service", "pool", "address", "port")
 ADMIN_FIELDS = ("admin",)
 HEARTBEAT_STATUSES = ("alive", "draining")
 ENDPOINT_PATH = "/services/{name}/pools/{pool}/endpoints/{endpoint}"
+READS = (hdrs.METH_GET, hdrs.METH_HEAD)
 
 
 class Scope(enum.Enum):
@@ -167,7 +169,10 @@ def make_app(
     if workers is not None:
         app[WORKERS] = workers
     for method, path, handler, _ in routes:
-        app.router.add_route(method, path, handler)
+        if method == hdrs.METH_GET:  # and HEAD, as RFC 9110 9.1 asks of a server with GET
+            app.router.add_get(path, handler, allow_head=True)
+        else:
+            app.router.add_route(method, path, handler)
     return app
 
 
@@ -674,7 +679,7 @@ def make_settle_middleware(settle: Callable[[], Awaitable[object]]) -> Middlewar
     @web.middleware
     async def settled(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
-        if request.method != hdrs.METH_GET and response.status < 400:
+        if request.method not in READS and response.status < 400:
             await settle()
         return response
 

@@ -849,3 +849,36 @@ def test_head_answers_like_get_without_a_body(api: Api, path: str) -> None:
         connection.close()
     missing = send(api, "HEAD", "/services/nope.gslb.example.com", b"", {})
     assert (missing.status, missing.body) == (404, None)
+
+
+# --- Expect: 100-continue -------------------------------------------------------------
+
+
+def expect_continue(api: Api, length: int) -> tuple[socket.socket, bytes]:
+    """Sends a POST /register's headers with Expect: 100-continue; returns the socket
+    and what the server answered before any body was sent."""
+    client = socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1])), 10)
+    client.sendall(b"POST /register HTTP/1.1\r\nHost: gslb\r\nExpect: 100-continue\r\n"
+                   b"Content-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % length)
+    return client, client.recv(65536)
+
+
+def test_expect_continue_over_the_limit_gets_413_without_100(api: Api) -> None:
+    client, first = expect_continue(api, 99999999)
+    with client:
+        while not first.endswith(b"}") and (more := client.recv(65536)):
+            first += more  # the rest of the answer, if it came in pieces
+        assert first.startswith(b"HTTP/1.1 413 "), first
+        assert b"100 Continue" not in first
+        assert b'"error"' in first
+
+
+def test_expect_continue_within_the_limit_gets_100_then_the_answer(api: Api) -> None:
+    body = json.dumps(reg(A)).encode()
+    client, first = expect_continue(api, len(body))
+    with client:
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(body)
+        assert client.recv(65536).startswith(b"HTTP/1.1 201 ")
+    assert list(endpoints(api)) == [f"{A}:None"]

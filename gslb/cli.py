@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     command = API_COMMANDS[args.command]
+    problem = _url_problem(args.api)
+    if problem:
+        print(f"gslb: --api (GSLB_API_URL) {problem}", file=sys.stderr)
+        return 2
     try:
         result = command(ApiClient(args.api, args.token), args)
     except Unreachable as exc:
@@ -185,6 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `gslb status | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` is not an API URL such as http://127.0.0.1:8053, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        bad = parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0
+    except ValueError:  # a port that is not a number, an unclosed [
+        bad = True
+    return f"must be a URL such as http://127.0.0.1:8053, not {url!r}" if bad else None
 
 
 def _check(zones: Path) -> int:

@@ -306,18 +306,26 @@ class Registry:
             return endpoint, created
 
     def deregister(self, service: str, pool: str, address: IPAddress, port: int | None) -> Endpoint:
+        """Remove a registration, durably. One waiting for its service or pool (a PUT
+        dropped the pool, a zone file the service) is removed too, so it does not come
+        back with them."""
         with self._lock:
-            svc = self._require_pool(service, pool)
-            registered = self._registered.get((svc.name, pool), {})
-            endpoint = registered.get((address, port))
+            svc = self._find_service(fqdn(service))
+            name = fqdn(service) if svc is None else svc.name
+            if svc is None or svc.pool(pool) is None:
+                waiting = self._registered.get((name, pool), {})
+                if not any(key[0] == address for key in waiting):
+                    self._require_pool(service, pool)  # NotFound: no service, or no pool
+                refs = [EndpointRef(name, pool, *key) for key in waiting]
+                ref = _only(refs, address, port, name)
+            else:
+                ref = self._find_ref(name, pool, address, port, exact=True)
+            endpoint = self._registered.get((ref.service, ref.pool), {}).get(
+                (ref.address, ref.port))
             if endpoint is None:
-                where = address if port is None else f"{address}:{port}"
-                if (address, port) in self._endpoints(svc, pool):
-                    raise RequestError(
-                        f"{where} is defined in a zone file; remove it there", "address"
-                    )
-                raise NotFound(f"no endpoint {where} in pool {pool} of {svc.name}")
-            ref = EndpointRef(svc.name, pool, address, port)
+                where = address if ref.port is None else f"{address}:{ref.port}"
+                raise RequestError(f"{where} is defined in a zone file; remove it there",
+                                   "address")
             self._remove(ref, "deregistered")
             return endpoint
 
@@ -393,7 +401,7 @@ class Registry:
     ) -> EndpointRef:
         """Record a heartbeat; the endpoint is up until its heartbeat timeout passes."""
         with self._lock:
-            ref = self._find_ref(service, pool, address, port)
+            ref = self._find_ref(service, pool, address, port, exact=True)
             now = self._clock()
             self._last_heartbeat[ref] = now
             endpoint = self._endpoint(ref)
@@ -774,7 +782,9 @@ class Registry:
             if self._store is not None:
                 self._store.save_admin(ref, AdminState.ENABLED)
             del self._admin[ref]
-        self._bump_serial(self._zone_of(ref.service))
+        served = self._services.get(ref.service)
+        if served is not None:  # else it waited for its service, and DNS never showed it
+            self._bump_serial(served[0])
         self._publish()
         log.info("%s endpoint %s", why, ref)
 
@@ -876,23 +886,21 @@ class Registry:
         exact: bool = False,
     ) -> EndpointRef:
         """The endpoint at ``address`` (and ``port``, when given). With ``exact``, an
-        address that several endpoints share needs its port."""
+        address that several endpoints share needs their pool or port (see ``_only``)."""
         svc = self._service_named(service)
         name = svc.name
         pools = [pool] if pool is not None else [p.name for p in svc.pools]
-        found = []
+        refs: list[EndpointRef] = []
         for candidate in pools:
             if svc.pool(candidate) is None:
                 raise NotFound(f"no pool {candidate} in service {name.rstrip('.')}")
-            for key in self._endpoints(svc, candidate):
-                if key[0] == address and (port is None or key[1] == port):
-                    found.append(EndpointRef(svc.name, candidate, key[0], key[1]))
-        if exact and len(found) > 1:
-            ports = ", ".join(str(ref.port) for ref in found)
-            raise RequestError(f"port: {address} has endpoints on ports {ports}; name one",
-                               "port")
-        if found:
-            return found[0]
+            refs.extend(EndpointRef(name, candidate, *key)
+                        for key in self._endpoints(svc, candidate))
+        if exact:
+            return _only(refs, address, port, name)
+        for ref in refs:
+            if ref.address == address and (port is None or ref.port == port):
+                return ref
         raise NotFound(f"no endpoint {address} in {name.rstrip('.')}; register it first")
 
     def _bump_serial(self, apex: str) -> None:
@@ -994,6 +1002,28 @@ def _reuse(old: Zone | None, new: Zone) -> Zone:
     return new if all(a is b for a, b in zip(kept, new.services, strict=True)) else (
         dataclasses.replace(new, services=kept)
     )
+
+
+def _only(refs: Iterable[EndpointRef], address: IPAddress, port: int | None,
+          service: str) -> EndpointRef:
+    """The one of ``refs`` at ``address`` (and ``port``, when given). Without a port, an
+    endpoint without one is meant when there is one. Endpoints in several pools, or on
+    several ports, are a RequestError naming ``pool`` or ``port`` with the choices."""
+    found = [ref for ref in refs
+             if ref.address == address and (port is None or ref.port == port)]
+    if port is None and any(ref.port is None for ref in found):
+        found = [ref for ref in found if ref.port is None]
+    if not found:
+        raise NotFound(f"no endpoint {address} in {service.rstrip('.')}; register it first")
+    pools = list(dict.fromkeys(ref.pool for ref in found))
+    if len(pools) > 1:
+        raise RequestError(f"pool: {address} has endpoints in pools {', '.join(pools)}; "
+                           f"name one", "pool")
+    if len(found) > 1:
+        ports = ", ".join(str(ref.port) for ref in found)
+        raise RequestError(f"port: {address} has endpoints on ports {ports}; name one",
+                           "port")
+    return found[0]
 
 
 def _note(kept: tuple[str, bool, float, float | None] | None) -> CheckNote | None:

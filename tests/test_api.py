@@ -4,10 +4,13 @@ and a real HTTP client. DNS effects are checked through the answer engine."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import logging
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine
@@ -610,3 +613,272 @@ def test_api_logger_is_quiet_on_client_errors(
     api.post("/register", reg(A, pool="mars"))
     api.get("/nope")
     assert [r for r in caplog.records if r.name == "gslb.api"] == []
+
+
+# --- explain and endpoint paths -----------------------------------------------------
+
+
+GEO = "geo.gslb.example.com"
+EXPLAIN = f"/explain?name={GEO}&client=192.0.2.1"
+GEO_ENDPOINT = f"/services/{GEO}/pools/europe/endpoints/192.0.2.11"
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ("&id=%C2%B2", "id"),  # "²": str.isdigit() says yes, int() says no
+    ("&id=%EF%BC%91", "id"),  # fullwidth "１"
+    ("&id=1" + "0" * 5000, "id"),  # beyond int()'s digit limit
+    ("&type=%C2%B2", "type"),
+    ("&type=%EF%BC%91", "type"),
+])
+def test_explain_takes_only_ascii_digits(api: Api, query: str, field: str) -> None:
+    reply = api.get(EXPLAIN + query)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == field
+    assert api.get(EXPLAIN + "&id=7&type=1").status == 200
+
+
+@pytest.mark.parametrize("port", ["%C2%B2", "%EF%BC%98%EF%BC%90"])  # "²", fullwidth "８０"
+def test_endpoint_path_port_takes_only_ascii_digits(api: Api, port: str) -> None:
+    path = f"{GEO_ENDPOINT}:{port}"
+    for reply in (api.get(path), api.call("PUT", path, {"admin": "drain"})):
+        assert reply.status == 400, reply.body
+        assert reply.body["field"] == "endpoint"
+    shown = api.get(GEO_ENDPOINT)
+    assert shown.status == 200, shown.body
+    assert shown.body["health"]["admin"] == "enabled"
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    (f"name={GEO}&type=65536", "type"),
+    (f"name={GEO}&type=70000", "type"),
+    ("name=foo..bar", "name"),
+    ("name=foo%00bar.gslb.example.com", "name"),
+    ("name=" + "a" * 64 + ".gslb.example.com", "name"),
+])
+def test_explain_checks_type_range_and_name(api: Api, query: str, field: str) -> None:
+    reply = api.get("/explain?client=192.0.2.1&" + query)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == field
+    assert reply.body["error"].startswith(f"{field}: ")
+    fine = api.get(EXPLAIN + "&type=65535")
+    assert fine.status == 200, fine.body
+
+
+# --- bodies that cannot be read -------------------------------------------------------
+
+
+def send(api: Api, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
+    """One request over http.client, which sends the headers it is given as they are."""
+    connection = http.client.HTTPConnection(api.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request(method, path, body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        return Reply(response.status, json.loads(data) if data else None, dict(response.headers))
+    finally:
+        connection.close()
+
+
+def test_body_that_is_not_the_gzip_it_claims_is_400(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    reply = send(api, "POST", "/register", b"{}", headers)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == "body"
+    assert "gzip" in reply.body["error"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # a body that is gzip is read as JSON
+    good = send(api, "POST", "/register", gzip.compress(json.dumps(reg(A)).encode()), headers)
+    assert good.status == 201, good.body
+
+
+def api_requests(api: Api) -> dict[str, float]:
+    """gslb_api_requests_total of POST /register, by status."""
+    with _OPENER.open(api.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith('gslb_api_requests_total{method="POST",route="/register"'):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('status="')[1].split('"')[0]] = float(value)
+    return found
+
+
+def test_client_that_leaves_mid_body_is_not_a_server_error(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1]))) as client:
+        client.sendall(b"POST /register HTTP/1.1\r\nHost: gslb\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                       b'{"service": ')
+        time.sleep(0.2)  # the handler is waiting for the rest
+    deadline = time.monotonic() + 10
+    while not api_requests(api) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api_requests(api) == {"499": 1.0}  # counted, as nginx does, but not as a 500
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []
+    assert api.post("/register", reg(A)).status == 201
+
+
+# --- an address that several endpoints share ----------------------------------------
+
+
+SHARED = "127.0.0.10"  # inside both pools' allow lists
+
+
+def health_of(api: Api, pool: str, key: str) -> dict[str, Any]:
+    return dict(endpoints(api, pool)[key]["health"])
+
+
+def test_heartbeat_without_pool_for_an_address_in_two_pools_is_400(api: Api) -> None:
+    for pool in ("eu-west", "us-east"):
+        assert api.post("/register", reg(SHARED, pool=pool, heartbeat_timeout=30)).status == 201
+    reply = api.post("/heartbeat", {"service": WWW, "address": SHARED, "status": "draining"})
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == "pool"
+    assert "eu-west, us-east" in reply.body["error"]
+    for pool in ("eu-west", "us-east"):
+        assert health_of(api, pool, f"{SHARED}:None")["state"] == "up"  # neither beat
+
+    named = api.post("/heartbeat", reg(SHARED, pool="us-east", status="draining"))
+    assert named.status == 200, named.body
+    assert health_of(api, "us-east", f"{SHARED}:None")["state"] == "draining"
+    assert health_of(api, "eu-west", f"{SHARED}:None")["state"] == "up"
+
+
+def test_heartbeat_or_deregister_without_port_for_an_address_on_two_ports_is_400(
+    api: Api,
+) -> None:
+    for port in (1, 2):
+        assert api.post("/register", reg(A, port=port, heartbeat_timeout=30)).status == 201
+    for path, body in (("/heartbeat", reg(A, status="draining")), ("/deregister", reg(A))):
+        reply = api.post(path, body)
+        assert reply.status == 400, (path, reply.body)
+        assert reply.body["field"] == "port"
+        assert "ports 1, 2" in reply.body["error"]
+    assert {k: e["health"]["state"] for k, e in endpoints(api).items()} == {
+        f"{A}:1": "up", f"{A}:2": "up"}  # nothing beat, nothing was removed
+
+    assert api.post("/heartbeat", reg(A, port=2, status="draining")).status == 200
+    assert api.post("/deregister", reg(A, port=1)).status == 200
+    assert {k: e["health"]["state"] for k, e in endpoints(api).items()} == {
+        f"{A}:2": "draining"}
+
+
+def test_without_a_port_the_endpoint_without_one_is_meant(api: Api) -> None:
+    assert api.post("/register", reg(A, port=80)).status == 201
+    assert api.post("/register", reg(A)).status == 201
+    shown = api.get(f"/services/{WWW}/pools/eu-west/endpoints/{A}")
+    assert shown.status == 200, shown.body
+    assert (shown.body["address"], shown.body["port"]) == (A, None)
+    assert api.post("/deregister", reg(A)).status == 200
+    assert list(endpoints(api)) == [f"{A}:80"]
+
+
+# --- registrations whose pool is gone -----------------------------------------------
+
+
+SHOP = "shop.gslb.example.com"
+WAITING = "192.0.2.9"
+
+
+def shop_spec(*pools: str) -> dict[str, Any]:
+    return {"check": {"type": "none"},
+            "pools": {p: {"endpoints": [f"192.0.2.{50 + i}"], "allow": ["192.0.2.0/24"]}
+                      for i, p in enumerate(pools)}}
+
+
+def shop_addresses(api: Api, pool: str) -> list[str]:
+    reply = api.get(f"/services/{SHOP}")
+    assert reply.status == 200, reply.body
+    (found,) = [p for p in reply.body["pools"] if p["name"] == pool]
+    return [e["address"] for e in found["endpoints"]]
+
+
+def test_registration_whose_pool_was_removed_can_be_deregistered(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.sqlite"
+    api = serve(open_registry(state, stores))
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 201
+    body = {"service": SHOP, "pool": "p", "address": WAITING}
+    assert api.post("/register", body).status == 201
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("q")).status == 200
+
+    removed = api.post("/deregister", body)
+    assert removed.status == 200, removed.body
+    assert (removed.body["pool"], removed.body["address"]) == ("p", WAITING)
+    again = api.post("/deregister", body)
+    assert again.status == 404, again.body  # gone: the pool is named as missing again
+    assert "no pool p" in again.body["error"]
+
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 200
+    assert shop_addresses(api, "p") == ["192.0.2.50"]  # it did not come back with p
+    restarted = serve(open_registry(state, stores))
+    assert shop_addresses(restarted, "p") == ["192.0.2.50"]  # nor after a restart
+
+
+def test_registration_waits_for_its_pool_unless_deregistered(api: Api) -> None:
+    """As README's State section says: a registration whose pool is gone waits for it."""
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 201
+    assert api.post("/register", {"service": SHOP, "pool": "p", "address": WAITING}).status == 201
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("q")).status == 200
+    assert api.call("PUT", f"/services/{SHOP}", shop_spec("p", "q")).status == 200
+    assert shop_addresses(api, "p") == ["192.0.2.50", WAITING]
+
+
+# --- HEAD -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/healthz", f"/services/{WWW}", "/services", "/"])
+def test_head_answers_like_get_without_a_body(api: Api, path: str) -> None:
+    connection = http.client.HTTPConnection(api.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", path)
+        got = connection.getresponse()
+        body = got.read()
+        connection.request("HEAD", path)
+        head = connection.getresponse()
+        assert head.status == got.status == 200
+        assert head.read() == b""
+        assert head.getheader("Content-Type") == got.getheader("Content-Type")
+        assert head.getheader("Content-Length") == got.getheader("Content-Length") == str(
+            len(body))
+    finally:
+        connection.close()
+    missing = send(api, "HEAD", "/services/nope.gslb.example.com", b"", {})
+    assert (missing.status, missing.body) == (404, None)
+
+
+# --- Expect: 100-continue -------------------------------------------------------------
+
+
+def expect_continue(api: Api, length: int) -> tuple[socket.socket, bytes]:
+    """Sends a POST /register's headers with Expect: 100-continue; returns the socket
+    and what the server answered before any body was sent."""
+    client = socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1])), 10)
+    client.sendall(b"POST /register HTTP/1.1\r\nHost: gslb\r\nExpect: 100-continue\r\n"
+                   b"Content-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % length)
+    return client, client.recv(65536)
+
+
+def test_expect_continue_over_the_limit_gets_413_without_100(api: Api) -> None:
+    client, first = expect_continue(api, 99999999)
+    with client:
+        while not first.endswith(b"}") and (more := client.recv(65536)):
+            first += more  # the rest of the answer, if it came in pieces
+        assert first.startswith(b"HTTP/1.1 413 "), first
+        assert b"100 Continue" not in first
+        assert b'"error"' in first
+
+
+def test_expect_continue_within_the_limit_gets_100_then_the_answer(api: Api) -> None:
+    body = json.dumps(reg(A)).encode()
+    client, first = expect_continue(api, len(body))
+    with client:
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(body)
+        assert client.recv(65536).startswith(b"HTTP/1.1 201 ")
+    assert list(endpoints(api)) == [f"{A}:None"]

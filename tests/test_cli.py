@@ -4,6 +4,7 @@ status, deregister, with their output and exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -111,3 +112,17 @@ def test_status_piped_into_head_ends_quietly(server: tuple[int, int]) -> None:
         capture_output=True, text=True, timeout=20,
     )
     assert done.stdout.startswith("SERVICE") and done.stderr == ""
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "http://127.0.0.1:port", "ftp://127.0.0.1"])
+def test_api_url_that_is_not_one_is_a_usage_error(url: str) -> None:
+    for args, env in ((["--api", url], {}), ([], {"GSLB_API_URL": url})):
+        done = subprocess.run(
+            [str(GSLB), "status", *args], capture_output=True, text=True, timeout=20,
+            env={**os.environ, **env},
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        assert done.stderr == (
+            f"gslb: --api (GSLB_API_URL) must be a URL such as http://127.0.0.1:8053, "
+            f"not {url!r}\n")

@@ -24,6 +24,7 @@ starts it with ``AppRunner``/``TCPSite`` beside the DNS listeners. JSON in and o
     GET  /explain?name=N&type=A&client=IP[&ecs=NET][&id=N]  the answer and why
     GET  /openapi.json the OpenAPI document of these routes
     GET  /             the dashboard (HTML and a little JavaScript reading /services)
+    (every GET route answers HEAD too: the same status and headers, no body)
 
 Tokens (each optional): ``token`` for writes; ``admin_token``, when set, for service
 management (PUT/DELETE services, admin states, reload) instead of ``token``;
@@ -53,7 +54,7 @@ from importlib import resources
 from ipaddress import ip_address, ip_network
 from typing import Any, NoReturn
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from gslb.api import openapi, views
@@ -88,6 +89,7 @@ DEREGISTER_FIELDS = ("service", "pool", "address", "port")
 ADMIN_FIELDS = ("admin",)
 HEARTBEAT_STATUSES = ("alive", "draining")
 ENDPOINT_PATH = "/services/{name}/pools/{pool}/endpoints/{endpoint}"
+READS = (hdrs.METH_GET, hdrs.METH_HEAD)
 
 
 class Scope(enum.Enum):
@@ -167,7 +169,10 @@ def make_app(
     if workers is not None:
         app[WORKERS] = workers
     for method, path, handler, _ in routes:
-        app.router.add_route(method, path, handler)
+        if method == hdrs.METH_GET:  # and HEAD, as RFC 9110 9.1 asks of a server with GET
+            app.router.add_get(path, handler, allow_head=True, expect_handler=expect_continue)
+        else:
+            app.router.add_route(method, path, handler, expect_handler=expect_continue)
     return app
 
 
@@ -362,10 +367,18 @@ def _endpoint_path(request: web.Request) -> tuple[str, str, IPAddress, int | Non
         raise RequestError(f"endpoint: {text!r} is not an IP address", "endpoint") from None
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        port = _decimal(port_text)
+        if port is None or not 1 <= port <= 65535:
             raise RequestError(f"endpoint: port {port_text!r} is not 1-65535", "endpoint")
-        port = int(port_text)
     return _path_name(request), request.match_info["pool"], address, port
+
+
+def _decimal(text: str) -> int | None:
+    """``text`` as a number written in ASCII digits, else None. ``str.isdigit`` is not
+    enough: it accepts "²" (which ``int`` refuses) and "８０" (which ``int`` reads as 80)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        return None
+    return int(text)
 
 
 async def metrics_text(request: web.Request) -> web.Response:
@@ -389,9 +402,15 @@ async def explain(request: web.Request) -> web.Response:
     if not name:
         raise RequestError("name: required, e.g. www.gslb.example.com", "name")
     qname = fqdn(name)
+    problem = check_name(qname)
+    if problem:
+        raise RequestError(f"name: {problem}", "name")
     qtype_text = query.get("type", "A").upper()
+    number = _decimal(qtype_text)
+    if number is not None and number > 0xFFFF:
+        raise RequestError(f"type: {qtype_text} is not a record type (0-65535)", "type")
     try:
-        qtype: RType | int = RType[qtype_text] if not qtype_text.isdigit() else int(qtype_text)
+        qtype: RType | int = RType[qtype_text] if number is None else number
     except KeyError:
         raise RequestError(f"type: unknown type {qtype_text!r}", "type") from None
     try:
@@ -399,10 +418,10 @@ async def explain(request: web.Request) -> web.Response:
     except ValueError:
         raise RequestError("client: required, the address of the asking resolver or client",
                            "client") from None
-    nonce = query.get("id", "0")
-    if not nonce.isdigit() or int(nonce) > 0xFFFF:
+    nonce = _decimal(query.get("id", "0"))
+    if nonce is None or nonce > 0xFFFF:
         raise RequestError("id: a DNS message ID, 0-65535", "id")
-    client = Client(resolver, nonce=int(nonce))
+    client = Client(resolver, nonce=nonce)
     ecs_text = query.get("ecs")
     if ecs_text:
         try:
@@ -412,13 +431,31 @@ async def explain(request: web.Request) -> web.Response:
                                "ecs") from None
         limit = ECS_MAX_PREFIX_V4 if ecs.version == 4 else ECS_MAX_PREFIX_V6
         used = ip_network((ecs.network_address, min(ecs.prefixlen, limit)), strict=False)
-        client = Client(used.network_address, used.prefixlen, resolver, int(nonce))
+        client = Client(used.network_address, used.prefixlen, resolver, nonce)
     snapshot = request.app[REGISTRY].snapshot
     result = answer(snapshot, qname, qtype, client)
     return web.json_response(views.explain_json(snapshot, qname, qtype, client, result))
 
 
 # --- request bodies -----------------------------------------------------------------
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: the client waits for "100 Continue" before it sends its
+    body. A body declared larger than the limit gets no 100: ``read_json`` answers 413
+    before reading, and the client need not send what would be refused."""
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        return None
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        return error_response(417, f"unknown expectation {expect!r} (only 100-continue)")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer's own size starts after the 100
+    return None
+
 
 
 async def read_body(request: web.Request, allowed: Iterable[str]) -> Body:
@@ -432,7 +469,15 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > request.client_max_size:
         raise ApiError(413, f"request body larger than {request.client_max_size} bytes")
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge for chunked bodies
+    try:
+        raw = await request.read()  # raises HTTPRequestEntityTooLarge for chunked bodies
+    except web.RequestPayloadError as exc:  # a bad Content-Encoding or chunked framing
+        request.content.feed_eof()  # aiohttp would read on after the answer, and log it
+        reason = getattr(exc.__cause__, "message", None) or "malformed"
+        raise ApiError(400, f"body could not be read: {reason}",
+                       {hdrs.CONNECTION: "close"}, field="body") from None
+    except ConnectionError:  # aiohttp's ConnectionResetError("Connection lost")
+        raise ClientGone("the client closed the connection while sending its body") from None
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -588,11 +633,28 @@ def _reject_constant(name: str) -> NoReturn:
 class ApiError(Exception):
     """An HTTP error status with a message, raised by the API's own code."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        field: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.field = field
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its request was read: nobody is left
+    to answer, and it is neither the server's fault nor a bad request."""
+
+
+# The status a request whose client left is counted under (nginx's "client closed
+# request"); never sent, as nobody reads it.
+CLIENT_CLOSED = 499
 
 
 def error_response(
@@ -609,7 +671,7 @@ def error_response(
 
 def make_count_middleware(metrics: Metrics) -> Middleware:
     """Counts every request by route (its pattern, so names do not explode the labels),
-    method and final status."""
+    method and final status; 499 when the client left before its request was read."""
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -635,7 +697,7 @@ def make_settle_middleware(settle: Callable[[], Awaitable[object]]) -> Middlewar
     @web.middleware
     async def settled(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
-        if request.method != hdrs.METH_GET and response.status < 400:
+        if request.method not in READS and response.status < 400:
             await settle()
         return response
 
@@ -648,7 +710,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.message, headers=exc.headers)
+        return error_response(exc.status, exc.message, exc.field, exc.headers)
+    except ClientGone as exc:
+        log.debug("%s %s: %s", request.method, request.path, exc)
+        return web.Response(status=CLIENT_CLOSED)
     except RequestError as exc:
         return error_response(400, str(exc), exc.field or "body")
     except ConfigError as exc:

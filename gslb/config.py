@@ -54,8 +54,13 @@ _STATIC_TYPES = {"A", "AAAA", "CNAME", "TXT", "MX"}
 
 
 class _Map(dict[Any, Any]):
-    line: int = 0
-    key_lines: dict[Any, int]
+    """A mapping with the line it starts on and the line of each key."""
+
+    def __init__(self, *args: Any, line: int = 0) -> None:
+        super().__init__(*args)
+        self.line = line
+        # set here, not on the class: an empty _Map made for a bad value is reported on too
+        self.key_lines: dict[Any, int] = {}
 
 
 class _Seq(list[Any]):
@@ -67,9 +72,7 @@ class _LineConstructor:
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         plain = super().construct_mapping(node, deep=True)  # type: ignore[misc]
-        result = _Map(plain)
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
+        result = _Map(plain, line=node.start_mark.line + 1)
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
             if isinstance(key, str | int | float | bool):
@@ -351,6 +354,9 @@ def _parse_endpoint(
 ) -> Endpoint | None:
     if isinstance(value, str):  # shorthand: just the address
         value = {"address": value}
+    elif not isinstance(value, dict):
+        p.add(parent, index, path, f"must be an address or a mapping with 'address', not {value!r}")
+        return None
     m = _mapping(p, parent, index, value, path)
     _unknown_keys(p, m, ("address", "port", "weight", "cap", "check"), path)
     try:
@@ -383,8 +389,7 @@ def _parse_location(p: _Problems, parent: Any, value: Any, path: str) -> Locatio
     if value is None:
         return None
     if isinstance(value, list) and len(value) == 2:
-        value = _Map({"lat": value[0], "lon": value[1]})
-        value.line, value.key_lines = getattr(parent, "line", 0), {}
+        value = _Map({"lat": value[0], "lon": value[1]}, line=getattr(parent, "line", 0))
     m = _mapping(p, parent, "location", value, path)
     _unknown_keys(p, m, ("lat", "lon"), path)
     if "lat" not in m or "lon" not in m:

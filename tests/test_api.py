@@ -610,3 +610,25 @@ def test_api_logger_is_quiet_on_client_errors(
     api.post("/register", reg(A, pool="mars"))
     api.get("/nope")
     assert [r for r in caplog.records if r.name == "gslb.api"] == []
+
+
+# --- service definitions the parser refuses -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"pools": {"eu": {"endpoints": [None]}}}, "pools.eu.endpoints[0]"),
+        ({"pools": {"eu": {"endpoints": [1]}}}, "pools.eu.endpoints[0]"),
+        ({"pools": {"eu": {"endpoints": [["192.0.2.1"]]}}}, "pools.eu.endpoints[0]"),
+    ],
+)
+def test_bad_service_definitions_are_400_naming_the_field(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
+    before = api.registry.generation
+    reply = api.call("PUT", "/services/x.gslb.example.com", body)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == field
+    assert field in reply.body["error"]
+    assert api.registry.generation == before

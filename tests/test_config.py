@@ -106,6 +106,9 @@ BAD = [
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        endpoints: [192.0.2.1, 192.0.2.1]\n",
      8, "duplicate endpoint"),
     (BASE + "records:\n  www: {A: 192.0.2.1}\nservices:\n  www: {}\n", 7, "also has static"),
+    *[(BASE + f"services:\n  www:\n    pools:\n      eu:\n        endpoints: [{item}]\n", 8,
+       "pools.eu.endpoints[0]: must be an address or a mapping")
+      for item in ("null", "1", "[192.0.2.1]")],
     ("zone: x\n  bad: indent\n", 2, "invalid YAML"),
 ]
 

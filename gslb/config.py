@@ -143,7 +143,7 @@ def _join(path: str, key: Any) -> str:
 def _int(p: _Problems, m: Any, key: str, path: str, default: int, lo: int, hi: int) -> int:
     value = m.get(key, default) if isinstance(m, dict) else default
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        p.add(m, key, _join(path, key), f"must be an integer from {lo} to {hi}, not {value!r}")
+        p.add(m, key, _join(path, key), f"must be an integer from {lo} to {hi}, not {_shown(value)}")
         return default
     return value
 
@@ -152,15 +152,22 @@ def _float(
     p: _Problems, m: Any, key: str, path: str, default: float, lo: float, hi: float
 ) -> float:
     value = m.get(key, default) if isinstance(m, dict) else default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not lo <= value <= hi
-    ):
-        p.add(m, key, _join(path, key), f"must be a number from {lo} to {hi}, not {value!r}")
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+    if not math.isfinite(number) or not lo <= number <= hi:
+        p.add(m, key, _join(path, key), f"must be a number from {lo} to {hi}, not {_shown(value)}")
         return default
-    return float(value)
+    return number
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message; a huge one by its kind, so the message stays readable."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def _str(p: _Problems, m: Any, key: str, path: str, default: str | None = None) -> str | None:

@@ -621,6 +621,11 @@ def test_api_logger_is_quiet_on_client_errors(
         ({"pools": {"eu": {"endpoints": [None]}}}, "pools.eu.endpoints[0]"),
         ({"pools": {"eu": {"endpoints": [1]}}}, "pools.eu.endpoints[0]"),
         ({"pools": {"eu": {"endpoints": [["192.0.2.1"]]}}}, "pools.eu.endpoints[0]"),
+        ({"check": {"interval": 10**400}}, "check.interval"),
+        ({"check": {"timeout": 10**400}}, "check.timeout"),
+        ({"pools": {"eu": {"location": {"lat": 10**400, "lon": 0}}}}, "pools.eu.location.lat"),
+        ({"pools": {"eu": {"endpoints": [{"address": "192.0.2.1", "cap": 10**400}]}}},
+         "pools.eu.endpoints[0].cap"),
     ],
 )
 def test_bad_service_definitions_are_400_naming_the_field(

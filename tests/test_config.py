@@ -74,6 +74,8 @@ def test_service_defaults_and_check() -> None:
     ]
 
 
+HUGE = "9" * 400  # an integer beyond any float
+
 BAD = [
     ("zone: [1, 2]\n", 1, "zone: must be a non-empty string"),
     ("nameservers: {ns1: [127.0.0.1]}\n", 0, "zone: required"),
@@ -109,6 +111,18 @@ BAD = [
     *[(BASE + f"services:\n  www:\n    pools:\n      eu:\n        endpoints: [{item}]\n", 8,
        "pools.eu.endpoints[0]: must be an address or a mapping")
       for item in ("null", "1", "[192.0.2.1]")],
+    *[(BASE + f"services:\n  www:\n    {field}\n", 6, f"{name}: must be a number from")
+      for name, field in (
+          ("check.interval", f"check: {{interval: {HUGE}}}"),
+          ("check.timeout", f"check: {{timeout: {HUGE}}}"),
+      )],
+    *[(BASE + f"services:\n  www:\n    pools:\n      eu:\n        {field}\n", 8,
+       f"{name}: must be a number from")
+      for name, field in (
+          ("location.lat", f"location: {{lat: {HUGE}, lon: 0}}"),
+          ("location.lon", f"location: [0, -{HUGE}]"),
+          ("endpoints[0].cap", f"endpoints: [{{address: 192.0.2.1, cap: {HUGE}}}]"),
+      )],
     ("zone: x\n  bad: indent\n", 2, "invalid YAML"),
 ]
 

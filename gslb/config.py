@@ -79,6 +79,15 @@ class _LineConstructor:
                 result.key_lines[key] = key_node.start_mark.line + 1
         return result
 
+    def construct_int(self, node: yaml.ScalarNode) -> Any:
+        # int() refuses more than 4300 digits with a bare ValueError, which has no line
+        try:
+            return super().construct_yaml_int(node)  # type: ignore[misc]
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "integer with too many digits", node.start_mark
+            ) from None
+
     def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> Any:
         result = _Seq(super().construct_sequence(node, deep=True))  # type: ignore[misc]
         result.line = node.start_mark.line + 1
@@ -105,6 +114,7 @@ for _loader in {_LineLoader, _FastLineLoader}:
                             _loader.construct_mapping)
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
                             _loader.construct_sequence)
+    _loader.add_constructor("tag:yaml.org,2002:int", _loader.construct_int)
 
 
 # --- problem collection -------------------------------------------------------------

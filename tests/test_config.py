@@ -124,6 +124,7 @@ BAD = [
           ("endpoints[0].cap", f"endpoints: [{{address: 192.0.2.1, cap: {HUGE}}}]"),
       )],
     ("zone: x\n  bad: indent\n", 2, "invalid YAML"),
+    (BASE + "ttl: " + "9" * 5000 + "\n", 4, "invalid YAML: integer with too many digits"),
 ]
 
 

@@ -538,8 +538,10 @@ def _record_data(
         chunks = tuple(data[i : i + 255].decode(errors="replace") for i in range(0, len(data), 255))
         return TXTData(chunks or ("",))
     # MX: "10 mail" or {preference: 10, exchange: mail}
-    if isinstance(item, str) and len(item.split()) == 2 and item.split()[0].isdigit():
-        item = {"preference": int(item.split()[0]), "exchange": item.split()[1]}
+    words = item.split() if isinstance(item, str) else []
+    # ASCII digits only: str.isdigit() is true of "²", which int() refuses
+    if len(words) == 2 and re.fullmatch(r"[0-9]+", words[0]):
+        item = {"preference": int(words[0]), "exchange": words[1]}
     if not isinstance(item, dict) or not isinstance(item.get("exchange"), str):
         p.add(m, rtype, path, "must be {preference: N, exchange: NAME} or 'N NAME'")
         return None

@@ -92,6 +92,9 @@ BAD = [
     (BASE + "records:\n  www: {CNAME: [a, b]}\n", 5, "exactly one CNAME"),
     (BASE + "records:\n  www: {CNAME: a, A: 192.0.2.1}\n", 5, "has a CNAME and other records"),
     (BASE + "records:\n  www: {ttl: -5, A: 192.0.2.1}\n", 5, "ttl: must be an integer"),
+    *[(BASE + f"records:\n  mail: {{MX: \"{mx}\"}}\n", 5, "records.mail.MX: must be")
+      for mx in ("\u00b20 mail", "\u0661 mail", "ten mail", "10")],
+    (BASE + "records:\n  mail: {MX: \"99999 mail\"}\n", 5, "preference must be an integer"),
     (BASE + "services:\n  www: {ttl: fast}\n", 5, "services.www.ttl: must be an integer"),
     (BASE + "services:\n  www: {policy: random}\n", 5, "policy: must be one of"),
     (BASE + "services:\n  www:\n    check: {type: ping}\n", 6, "check.type: must be one of"),

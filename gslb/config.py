@@ -68,9 +68,24 @@ class _Seq(list[Any]):
 
 
 class _LineConstructor:
-    """Mappings and sequences that remember their line numbers (a loader mix-in)."""
+    """Mappings and sequences that remember their line numbers (a loader mix-in).
+
+    A key given twice in one mapping is remembered in ``duplicates`` (line, key): YAML
+    keeps the last silently, and a record or a setting would vanish unnoticed.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)  # type: ignore[call-arg]
+        self.duplicates: list[tuple[int, Any]] = []
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:  # before merge keys ("<<") are flattened in
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+                if key in seen:
+                    self.duplicates.append((key_node.start_mark.line + 1, key))
+                seen.add(key)
         plain = super().construct_mapping(node, deep=True)  # type: ignore[misc]
         result = _Map(plain, line=node.start_mark.line + 1)
         for key_node, _ in node.value:
@@ -713,19 +728,35 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
     return Zone(apex=apex, soa=soa, records=tuple(records), services=tuple(services), source=source)
 
 
+def _load_yaml(text: str, loader_class: Any) -> tuple[Any, list[tuple[int, Any]]]:
+    """The document and its duplicate keys (what ``yaml.load`` does, keeping the loader)."""
+    loader = loader_class(text)
+    try:
+        return loader.get_single_data(), loader.duplicates
+    finally:
+        loader.dispose()
+
+
 def load_zone_text(text: str, source: str = "") -> Zone:
     """A zone from zone-file text."""
     try:
         try:
-            doc = yaml.load(text, Loader=_FastLineLoader)  # noqa: S506 - a safe loader
+            doc, duplicates = _load_yaml(text, _FastLineLoader)
         except yaml.YAMLError:
-            doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - raises, with a better message
+            doc, duplicates = _load_yaml(text, _LineLoader)  # raises, with a better message
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{source}{line}: invalid YAML: {reason}"]) from None
-    return parse_zone(doc, source)
+    problems = [f"{source}:{line}: duplicate key {key!r}" for line, key in duplicates]
+    try:
+        zone = parse_zone(doc, source)
+    except ConfigError as exc:
+        raise ConfigError([*problems, *exc.problems]) from None
+    if problems:
+        raise ConfigError(problems)
+    return zone
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,12 @@ BAD = [
           ("endpoints[0].cap", f"endpoints: [{{address: 192.0.2.1, cap: {HUGE}}}]"),
       )],
     ("zone: x\n  bad: indent\n", 2, "invalid YAML"),
+    (BASE + "records:\n  www: {A: 192.0.2.1}\n  mail: {A: 192.0.2.2}\n  www: {A: 192.0.2.3}\n",
+     7, "duplicate key 'www'"),
+    (BASE + "services:\n  www:\n    ttl: 5\n    pools: {eu: {}}\n    ttl: 50\n", 8,
+     "duplicate key 'ttl'"),
+    (BASE + "records:\n  www: {A: 192.0.2.1, A: 192.0.2.2}\n", 5, "duplicate key 'A'"),
+    (BASE + "nameservers:\n  ns2: [127.0.0.2]\n", 4, "duplicate key 'nameservers'"),
     (BASE + "ttl: " + "9" * 5000 + "\n", 4, "invalid YAML: integer with too many digits"),
 ]
 
@@ -139,6 +145,20 @@ def test_bad_zone_files_are_reported_at_their_line(text: str, line: int, message
     assert any(message in p for p in problems), problems
     prefix = f"z.yaml:{line}:" if line else "z.yaml:"
     assert any(p.startswith(prefix) and message in p for p in problems), problems
+
+
+def test_merge_keys_may_be_overridden_without_a_duplicate_key() -> None:
+    zone = load_zone_text(BASE + textwrap.dedent("""\
+        services:
+          www: &base
+            ttl: 5
+            pools: {eu: {endpoints: [192.0.2.1]}}
+          api:
+            <<: *base
+            ttl: 50
+        """), "z.yaml")
+    assert {s.name: s.ttl for s in zone.services} == {
+        "www.gslb.example.com.": 5, "api.gslb.example.com.": 50}
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -174,3 +194,24 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     bad = _gslb("check", "--zones", str(tmp_path))
     assert bad.returncode == 1
     assert bad.stderr.strip() == f"{tmp_path / 'bad.yaml'}:5: records.www.A: '999.1.1.1' is not an IP address"
+
+
+CHECK_BAD = [
+    (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints: [null]\n",
+     "8: services.svc.pools.p.endpoints[0]: must be an address or a mapping"),
+    (BASE + f"services:\n  svc:\n    check: {{interval: {HUGE}}}\n    pools: {{p: {{}}}}\n",
+     "6: services.svc.check.interval: must be a number"),
+    (BASE + "records:\n  '@': {MX: \"\u00b20 mail\"}\n", "5: records.@.MX: must be"),
+    (BASE + "records:\n  www: {A: 192.0.2.1}\n  www: {A: 192.0.2.2}\n", "6: duplicate key 'www'"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), CHECK_BAD)
+def test_check_command_reports_problems_at_their_line(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
+    bad = _gslb("check", "--zones", str(tmp_path))
+    assert bad.returncode == 1, bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert f"{tmp_path / 'bad.yaml'}:{problem}" in bad.stderr

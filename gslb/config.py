@@ -550,8 +550,8 @@ def _record_data(
             p.add(m, rtype, path, "must be text")
             return None
         data = text.encode()
-        chunks = tuple(data[i : i + 255].decode(errors="replace") for i in range(0, len(data), 255))
-        return TXTData(chunks or ("",))
+        # split as bytes and kept as bytes: decoding a chunk would corrupt a character cut in two
+        return TXTData(tuple(data[i : i + 255] for i in range(0, len(data), 255)) or (b"",))
     # MX: "10 mail" or {preference: 10, exchange: mail}
     words = item.split() if isinstance(item, str) else []
     # ASCII digits only: str.isdigit() is true of "²", which int() refuses

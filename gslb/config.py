@@ -64,7 +64,12 @@ class _Map(dict[Any, Any]):
 
 
 class _Seq(list[Any]):
-    line: int = 0
+    """A sequence with the line it starts on and the line of each item."""
+
+    def __init__(self, *args: Any, line: int = 0) -> None:
+        super().__init__(*args)
+        self.line = line
+        self.item_lines: list[int] = []
 
 
 class _LineConstructor:
@@ -104,8 +109,9 @@ class _LineConstructor:
             ) from None
 
     def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> Any:
-        result = _Seq(super().construct_sequence(node, deep=True))  # type: ignore[misc]
-        result.line = node.start_mark.line + 1
+        result = _Seq(super().construct_sequence(node, deep=True),  # type: ignore[misc]
+                      line=node.start_mark.line + 1)
+        result.item_lines = [item.start_mark.line + 1 for item in node.value]
         return result
 
 
@@ -143,11 +149,7 @@ class _Problems:
     items: list[str] = field(default_factory=list)
 
     def add(self, container: Any, key: Any, path: str, message: str) -> None:
-        line = 0
-        if isinstance(container, _Map):
-            line = container.key_lines.get(key, container.line)
-        elif isinstance(container, _Seq):
-            line = container.line
+        line = _line(container, key)
         where = f"{self.source}:{line}: " if self.source and line else (
             f"{self.source}: " if self.source else ""
         )
@@ -156,6 +158,17 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise ConfigError(self.items)
+
+
+def _line(container: Any, key: Any) -> int:
+    """The line of ``container[key]`` in its file; 0 when unknown (JSON from the API)."""
+    if isinstance(container, _Map):
+        return container.key_lines.get(key, container.line)
+    if isinstance(container, _Seq):
+        if isinstance(key, int) and 0 <= key < len(container.item_lines):
+            return container.item_lines[key]
+        return container.line
+    return 0
 
 
 def _join(path: str, key: Any) -> str:
@@ -384,8 +397,9 @@ def check_data(check: HealthCheck) -> dict[str, Any]:
 def _parse_endpoint(
     p: _Problems, parent: Any, index: int, value: Any, path: str, check: HealthCheck
 ) -> Endpoint | None:
-    if isinstance(value, str):  # shorthand: just the address
-        value = {"address": value}
+    if isinstance(value, str):  # shorthand: just the address, reported at its line
+        value = _Map({"address": value}, line=_line(parent, index))
+        value.key_lines["address"] = value.line
     elif not isinstance(value, dict):
         p.add(parent, index, path, f"must be an address or a mapping with 'address', not {value!r}")
         return None

@@ -110,6 +110,10 @@ BAD = [
      "endpoints[0].address"),
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        endpoints: [192.0.2.1, 192.0.2.1]\n",
      8, "duplicate endpoint"),
+    (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints:\n          - 192.0.2.1\n"
+     "          - 999.1.1.1\n", 10, "endpoints[1].address: '999.1.1.1' is not an IP address"),
+    (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints:\n          - 192.0.2.1\n"
+     "          - {address: 192.0.2.2}\n          - 192.0.2.1\n", 11, "duplicate endpoint"),
     (BASE + "records:\n  www: {A: 192.0.2.1}\nservices:\n  www: {}\n", 7, "also has static"),
     *[(BASE + f"services:\n  www:\n    pools:\n      eu:\n        endpoints: [{item}]\n", 8,
        "pools.eu.endpoints[0]: must be an address or a mapping")
@@ -203,6 +207,8 @@ CHECK_BAD = [
      "6: services.svc.check.interval: must be a number"),
     (BASE + "records:\n  '@': {MX: \"\u00b20 mail\"}\n", "5: records.@.MX: must be"),
     (BASE + "records:\n  www: {A: 192.0.2.1}\n  www: {A: 192.0.2.2}\n", "6: duplicate key 'www'"),
+    (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints:\n          - 999.1.1.1\n",
+     "9: services.svc.pools.p.endpoints[0].address: '999.1.1.1' is not an IP address"),
 ]
 
 

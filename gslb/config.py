@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -258,9 +258,13 @@ def parse_address(value: Any) -> IPAddress:
     if not isinstance(value, str):
         raise ValueError(f"must be an IP address string, not {value!r}")
     try:
-        return ip_address(value.strip())
+        address = ip_address(value.strip())
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address") from None
+    # fe80::1%eth0 and fe80::1 would be two endpoints answering the same AAAA record
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        raise ValueError(f"{value!r} must not carry a zone index ('%{address.scope_id}')")
+    return address
 
 
 def absolute_name(value: str, apex: str) -> str:

@@ -621,6 +621,7 @@ def test_api_logger_is_quiet_on_client_errors(
         ({"pools": {"eu": {"endpoints": [None]}}}, "pools.eu.endpoints[0]"),
         ({"pools": {"eu": {"endpoints": [1]}}}, "pools.eu.endpoints[0]"),
         ({"pools": {"eu": {"endpoints": [["192.0.2.1"]]}}}, "pools.eu.endpoints[0]"),
+        ({"pools": {"eu": {"endpoints": ["2001:db8::1%eth0"]}}}, "pools.eu.endpoints[0].address"),
         ({"check": {"interval": 10**400}}, "check.interval"),
         ({"check": {"timeout": 10**400}}, "check.timeout"),
         ({"pools": {"eu": {"location": {"lat": 10**400, "lon": 0}}}}, "pools.eu.location.lat"),
@@ -637,3 +638,15 @@ def test_bad_service_definitions_are_400_naming_the_field(
     assert reply.body["field"] == field
     assert field in reply.body["error"]
     assert api.registry.generation == before
+
+
+def test_register_refuses_an_address_with_a_zone_index(api: Api) -> None:
+    assert api.post("/register", reg("2001:db8::10")).status == 201
+    for scoped in ("2001:db8::10%eth0", "2001:db8::10%1"):
+        reply = api.post("/register", reg(scoped))
+        assert reply.status == 400, reply.body
+        assert reply.body["field"] == "address"
+        assert "zone index" in reply.body["error"]
+    result = answer(api.registry.snapshot, WWW + ".", RType.AAAA, Client(ip_address("127.0.0.1")))
+    assert [str(r.data.address) for r in result.answer if isinstance(r.data, AddressData)] == [
+        "2001:db8::10"]

@@ -110,6 +110,11 @@ BAD = [
      "endpoints[0].address"),
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        endpoints: [192.0.2.1, 192.0.2.1]\n",
      8, "duplicate endpoint"),
+    (BASE + "services:\n  www:\n    pools:\n      eu:\n        endpoints: [\"2001:db8::1%eth0\"]\n",
+     8, "endpoints[0].address: '2001:db8::1%eth0' must not carry a zone index"),
+    (BASE + "records:\n  www: {AAAA: \"fe80::1%1\"}\n", 5, "must not carry a zone index"),
+    ("zone: example.com\nnameservers:\n  ns1: [\"2001:db8::53%eth0\"]\n", 3,
+     "must not carry a zone index"),
     (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints:\n          - 192.0.2.1\n"
      "          - 999.1.1.1\n", 10, "endpoints[1].address: '999.1.1.1' is not an IP address"),
     (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints:\n          - 192.0.2.1\n"

@@ -267,6 +267,30 @@ def parse_address(value: Any) -> IPAddress:
     return address
 
 
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def parse_endpoint_address(value: Any) -> IPAddress:
+    """An address a client could be sent to; ValueError with a readable message otherwise.
+
+    Static A/AAAA records keep ``parse_address``: 0.0.0.0 there is a known convention
+    (a blackhole), but an endpoint at such an address can never be reached.
+    """
+    address = parse_address(value)
+    # ::ffff:169.254.1.1 is judged as the IPv4 address it carries
+    plain = (address.ipv4_mapped or address) if isinstance(address, IPv6Address) else address
+    reason = (
+        "unspecified" if plain.is_unspecified
+        else "multicast" if plain.is_multicast
+        else "the limited broadcast address" if plain == _LIMITED_BROADCAST
+        else "link-local" if plain.is_link_local
+        else None
+    )
+    if reason:
+        raise ValueError(f"{address} is {reason}, never a reachable endpoint")
+    return address
+
+
 def absolute_name(value: str, apex: str) -> str:
     """``value`` as an absolute lower-cased name; relative names hang off ``apex``."""
     name = value.strip().lower()
@@ -410,7 +434,7 @@ def _parse_endpoint(
     m = _mapping(p, parent, index, value, path)
     _unknown_keys(p, m, ("address", "port", "weight", "cap", "check"), path)
     try:
-        address = parse_address(m.get("address"))
+        address = parse_endpoint_address(m.get("address"))
     except ValueError as exc:
         p.add(m, "address", _join(path, "address"), str(exc))
         return None

@@ -622,6 +622,9 @@ def test_api_logger_is_quiet_on_client_errors(
         ({"pools": {"eu": {"endpoints": [1]}}}, "pools.eu.endpoints[0]"),
         ({"pools": {"eu": {"endpoints": [["192.0.2.1"]]}}}, "pools.eu.endpoints[0]"),
         ({"pools": {"eu": {"endpoints": ["2001:db8::1%eth0"]}}}, "pools.eu.endpoints[0].address"),
+        *[({"pools": {"eu": {"endpoints": ["192.0.2.1", {"address": address}]}}},
+           "pools.eu.endpoints[1].address")
+          for address in ("0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "fe80::1")],
         ({"check": {"interval": 10**400}}, "check.interval"),
         ({"check": {"timeout": 10**400}}, "check.timeout"),
         ({"pools": {"eu": {"location": {"lat": 10**400, "lon": 0}}}}, "pools.eu.location.lat"),
@@ -650,3 +653,41 @@ def test_register_refuses_an_address_with_a_zone_index(api: Api) -> None:
     result = answer(api.registry.snapshot, WWW + ".", RType.AAAA, Client(ip_address("127.0.0.1")))
     assert [str(r.data.address) for r in result.answer if isinstance(r.data, AddressData)] == [
         "2001:db8::10"]
+
+
+@pytest.fixture
+def open_api(serve: Serve, stores: list[SqliteStore], tmp_path: Path) -> Api:
+    """A service whose pool takes registrations from anywhere."""
+    zone = load_zone_text(
+        "zone: open.example\n"
+        "nameservers: {ns1: [127.0.0.1]}\n"
+        "services:\n"
+        "  www:\n"
+        "    check: {type: none}\n"
+        "    pools:\n"
+        "      main: {allow: [0.0.0.0/0, \"::/0\"]}\n"
+    )
+    store = SqliteStore(tmp_path / "state.sqlite")
+    stores.append(store)
+    registry = Registry(store)
+    registry.load_zones([zone])
+    return serve(registry)
+
+
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0", "::", "239.1.1.1", "ff05::2", "255.255.255.255", "169.254.1.1",
+                "fe80::10"],
+)
+def test_register_refuses_addresses_no_client_can_reach(open_api: Api, address: str) -> None:
+    body = {"service": "www.open.example", "pool": "main", "address": address}
+    reply = open_api.post("/register", body)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == "address"
+    assert "never a reachable endpoint" in reply.body["error"]
+    assert open_api.get("/services/www.open.example").body["pools"][0]["endpoints"] == []
+
+
+def test_register_accepts_loopback_and_documentation_addresses(open_api: Api) -> None:
+    for address in ("127.0.0.9", "192.0.2.99", "2001:db8::99", "::1", "10.1.2.3"):
+        body = {"service": "www.open.example", "pool": "main", "address": address}
+        assert open_api.post("/register", body).status == 201

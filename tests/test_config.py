@@ -57,6 +57,21 @@ def test_names_are_relative_unless_absolute() -> None:
     assert isinstance(long, TXTData) and [len(s) for s in long.strings] == [255, 45]
 
 
+def test_static_records_may_hold_addresses_no_endpoint_may_have() -> None:
+    zone = load_zone_text(BASE + textwrap.dedent("""\
+        records:
+          blackhole: {A: 0.0.0.0, AAAA: "::"}
+          local: {A: 169.254.169.254, AAAA: "fe80::1"}
+        services:
+          api:
+            pools:
+              local: {endpoints: [127.0.0.2, "::1", 192.0.2.1, "2001:db8::1", 10.0.0.1]}
+        """))
+    assert {str(r.data.address) for r in zone.records if isinstance(r.data, AddressData)} >= {
+        "0.0.0.0", "::", "169.254.169.254", "fe80::1"}
+    assert len(zone.services[0].pools[0].endpoints) == 5
+
+
 def test_service_defaults_and_check() -> None:
     zone = load_zone_text(BASE + textwrap.dedent("""\
         services:
@@ -113,6 +128,14 @@ BAD = [
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        endpoints: [\"2001:db8::1%eth0\"]\n",
      8, "endpoints[0].address: '2001:db8::1%eth0' must not carry a zone index"),
     (BASE + "records:\n  www: {AAAA: \"fe80::1%1\"}\n", 5, "must not carry a zone index"),
+    *[(BASE + f"services:\n  www:\n    pools:\n      eu:\n        endpoints: [\"{address}\"]\n",
+       8, f"endpoints[0].address: {address} is {kind}, never a reachable endpoint")
+      for address, kind in (
+          ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+          ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
+          ("255.255.255.255", "the limited broadcast address"),
+          ("169.254.10.1", "link-local"), ("fe80::1", "link-local"),
+      )],
     ("zone: example.com\nnameservers:\n  ns1: [\"2001:db8::53%eth0\"]\n", 3,
      "must not carry a zone index"),
     (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints:\n          - 192.0.2.1\n"

@@ -57,7 +57,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from gslb.api import openapi, views
-from gslb.config import ReloadReport, check_name, parse_address, parse_check
+from gslb.config import ReloadReport, check_name, parse_check, parse_endpoint_address
 from gslb.engine.answer import answer
 from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
@@ -508,7 +508,7 @@ class Body:
 
     def address(self) -> IPAddress:
         try:
-            return parse_address(self._get("address", True))
+            return parse_endpoint_address(self._get("address", True))
         except ValueError as exc:
             raise RequestError(f"address: {exc}", "address") from None
 

@@ -730,6 +730,35 @@ def _check_conflicts(
                   f"{name} is a service and also has static A/AAAA/CNAME records")
 
 
+def _check_cname_loops(
+    p: _Problems, records: list[Record], where: dict[str, tuple[Any, Any]]
+) -> None:
+    """A chain of this zone's CNAMEs that comes back on itself can never be answered.
+    Only names inside the zone can be followed; a CNAME leaving it ends the chain."""
+    targets = {
+        r.name: r.data.target for r in records
+        if r.rtype is RType.CNAME and isinstance(r.data, NameData)
+    }
+    order = {name: i for i, name in enumerate(targets)}  # file order
+    looped: set[str] = set()
+    for start in targets:
+        chain: list[str] = []
+        name = start
+        while name in targets and name not in chain and name not in looped:
+            chain.append(name)
+            name = targets[name]
+        if name not in chain:
+            continue  # leaves the zone, ends at a non-CNAME, or runs into a known loop
+        loop = chain[chain.index(name):]
+        looped.update(loop)
+        first = min(loop, key=order.__getitem__)
+        at = loop.index(first)
+        shown = " -> ".join([*loop[at:], *loop[:at], first])
+        raw, owner = where[first]
+        p.add(raw[owner], "CNAME", _join(_join("records", owner), "CNAME"),
+              f"CNAME loop: {shown}")
+
+
 def parse_zone(doc: Any, source: str = "") -> Zone:
     """A zone from a parsed zone-file document; ConfigError lists every problem."""
     p = _Problems(source)
@@ -766,6 +795,7 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
         services.append(_parse_service(p, raw, full_name, value, path))
         service_where[full_name] = (raw, name)
     _check_conflicts(p, records, service_where, where)
+    _check_cname_loops(p, records, where)
     p.raise_if_any()
     return Zone(apex=apex, soa=soa, records=tuple(records), services=tuple(services), source=source)
 

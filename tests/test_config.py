@@ -72,6 +72,21 @@ def test_static_records_may_hold_addresses_no_endpoint_may_have() -> None:
     assert len(zone.services[0].pools[0].endpoints) == 5
 
 
+def test_cname_chains_that_end_are_not_loops() -> None:
+    zone = load_zone_text(BASE + textwrap.dedent("""\
+        records:
+          a: {CNAME: b}
+          b: {CNAME: www}
+          out: {CNAME: out.example.org.}
+          back: {CNAME: a.gslb.example.com.}
+          static: {CNAME: mail}
+          mail: {A: 192.0.2.25}
+        services:
+          www: {pools: {eu: {endpoints: [192.0.2.1]}}}
+        """), "z.yaml")
+    assert len([r for r in zone.records if r.rtype is RType.CNAME]) == 5
+
+
 def test_service_defaults_and_check() -> None:
     zone = load_zone_text(BASE + textwrap.dedent("""\
         services:
@@ -159,6 +174,14 @@ BAD = [
           ("endpoints[0].cap", f"endpoints: [{{address: 192.0.2.1, cap: {HUGE}}}]"),
       )],
     ("zone: x\n  bad: indent\n", 2, "invalid YAML"),
+    (BASE + "records:\n  self: {CNAME: self}\n", 5,
+     "records.self.CNAME: CNAME loop: self.gslb.example.com. -> self.gslb.example.com."),
+    (BASE + "records:\n  l1:\n    ttl: 60\n    CNAME: l2\n  l2: {CNAME: l1.gslb.example.com.}\n", 7,
+     "records.l1.CNAME: CNAME loop: l1.gslb.example.com. -> l2.gslb.example.com. -> l1"),
+    (BASE + "records:\n  a: {CNAME: b}\n  c: {CNAME: a}\n  b: {CNAME: c}\n", 5,
+     "records.a.CNAME: CNAME loop: a.gslb.example.com. -> b.gslb.example.com. -> c.gslb"),
+    (BASE + "records:\n  into: {CNAME: x}\n  x: {CNAME: y}\n  y: {CNAME: X}\n", 6,
+     "records.x.CNAME: CNAME loop: x.gslb.example.com. -> y.gslb.example.com. -> x.gslb"),
     (BASE + "records:\n  www: {A: 192.0.2.1}\n  mail: {A: 192.0.2.2}\n  www: {A: 192.0.2.3}\n",
      7, "duplicate key 'www'"),
     (BASE + "services:\n  www:\n    ttl: 5\n    pools: {eu: {}}\n    ttl: 50\n", 8,
@@ -191,6 +214,13 @@ def test_merge_keys_may_be_overridden_without_a_duplicate_key() -> None:
         """), "z.yaml")
     assert {s.name: s.ttl for s in zone.services} == {
         "www.gslb.example.com.": 5, "api.gslb.example.com.": 50}
+
+
+def test_each_cname_loop_is_reported_once() -> None:
+    text = BASE + "records:\n  into: {CNAME: x}\n  x: {CNAME: y}\n  y: {CNAME: x}\n"
+    with pytest.raises(ConfigError) as info:
+        load_zone_text(text + "  a: {CNAME: b}\n  b: {CNAME: a}\n", "z.yaml")
+    assert [p.split(": ")[0] for p in info.value.problems] == ["z.yaml:6", "z.yaml:8"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -235,6 +265,7 @@ CHECK_BAD = [
      "6: services.svc.check.interval: must be a number"),
     (BASE + "records:\n  '@': {MX: \"\u00b20 mail\"}\n", "5: records.@.MX: must be"),
     (BASE + "records:\n  www: {A: 192.0.2.1}\n  www: {A: 192.0.2.2}\n", "6: duplicate key 'www'"),
+    (BASE + "records:\n  l1: {CNAME: l2}\n  l2: {CNAME: l1}\n", "5: records.l1.CNAME: CNAME loop"),
     (BASE + "services:\n  svc:\n    pools:\n      p:\n        endpoints:\n          - 999.1.1.1\n",
      "9: services.svc.pools.p.endpoints[0].address: '999.1.1.1' is not an IP address"),
 ]

@@ -491,6 +491,8 @@ POOL_FIELDS = ("priority", "weight", "countries", "continents", "location", "end
 def _parse_pool(
     p: _Problems, parent: Any, name: Any, value: Any, path: str, check: HealthCheck
 ) -> Pool:
+    if value is None:  # '{}' is a pool (that registrations fill); null is a mistake
+        p.add(parent, name, path, "must be a mapping ({} for an empty pool), not null")
     m = _mapping(p, parent, name, value, path)
     _unknown_keys(p, m, POOL_FIELDS, path)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -523,13 +525,21 @@ def _parse_pool(
 SERVICE_FIELDS = ("ttl", "answers", "policy", "all_down", "check", "pools")
 
 
-def _parse_service(p: _Problems, parent: Any, full_name: str, value: Any, path: str) -> Service:
-    m = _mapping(p, parent, full_name, value, path)
+def _parse_service(
+    p: _Problems, parent: Any, key: Any, full_name: str, value: Any, path: str
+) -> Service:
+    """``parent[key]`` (``key`` as written in the file) is the service ``full_name``."""
+    m = _mapping(p, parent, key, value, path)
     _unknown_keys(p, m, SERVICE_FIELDS, path)
     policy = _enum(p, m, "policy", path, Policy, Policy.STICKY)
     all_down = _enum(p, m, "all_down", path, AllDown, AllDown.OPEN)
     check = _parse_check(p, m, m.get("check"), _join(path, "check"))
     pools_raw = _mapping(p, m, "pools", m.get("pools"), _join(path, "pools"))
+    if not pools_raw and isinstance(value, dict | None) and isinstance(m.get("pools"), dict | None):
+        # a service without pools has nothing to answer with, not even a registration
+        container, field_key = (m, "pools") if value is not None else (parent, key)
+        p.add(container, field_key, _join(path, "pools"),
+              "required: at least one pool, name -> {...}")
     pools = tuple(
         _parse_pool(p, pools_raw, name, pool, _join(_join(path, "pools"), name), check)
         for name, pool in pools_raw.items()
@@ -552,7 +562,7 @@ def parse_service(name: str, data: Any) -> Service:
     problem = check_name(full_name)
     if problem:
         p.add(None, None, "name", problem)
-    service = _parse_service(p, None, full_name, data, "")
+    service = _parse_service(p, None, None, full_name, data, "")
     p.raise_if_any()
     return service
 
@@ -792,7 +802,7 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
         if problem:
             p.add(raw, name, path, problem)
             continue
-        services.append(_parse_service(p, raw, full_name, value, path))
+        services.append(_parse_service(p, raw, name, full_name, value, path))
         service_where[full_name] = (raw, name)
     _check_conflicts(p, records, service_where, where)
     _check_cname_loops(p, records, where)

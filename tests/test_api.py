@@ -625,6 +625,10 @@ def test_api_logger_is_quiet_on_client_errors(
         *[({"pools": {"eu": {"endpoints": ["192.0.2.1", {"address": address}]}}},
            "pools.eu.endpoints[1].address")
           for address in ("0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "fe80::1")],
+        ({}, "pools"),
+        ({"ttl": 5, "pools": {}}, "pools"),
+        ({"pools": {"eu": None}}, "pools.eu"),
+        ({"pools": {"eu": {}, "us": None}}, "pools.us"),
         ({"check": {"interval": 10**400}}, "check.interval"),
         ({"check": {"timeout": 10**400}}, "check.timeout"),
         ({"pools": {"eu": {"location": {"lat": 10**400, "lon": 0}}}}, "pools.eu.location.lat"),

@@ -130,6 +130,12 @@ BAD = [
     (BASE + "services:\n  www:\n    check: {type: ping}\n", 6, "check.type: must be one of"),
     (BASE + "services:\n  www:\n    check: {interval: 1, timeout: 5}\n", 6, "must not exceed"),
     (BASE + "services:\n  www:\n    check: {expect: 200-100}\n", 6, "within 100-599"),
+    (BASE + "services:\n  www: {ttl: 5}\n", 5, "services.www.pools: required: at least one pool"),
+    (BASE + "services:\n  www:\n    pools:\n", 6, "services.www.pools: required: at least one pool"),
+    (BASE + "services:\n  www:\n    pools: {}\n", 6, "services.www.pools: required: at least one pool"),
+    (BASE + "services:\n  www:\n", 5, "services.www.pools: required: at least one pool"),
+    (BASE + "services:\n  www:\n    pools:\n      eu:\n", 7, "services.www.pools.eu: must be a mapping"),
+    (BASE + "services:\n  www: 5\n", 5, "services.www: must be a mapping"),
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        priority: first\n", 8,
      "pools.eu.priority: must be an integer"),
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        countries: [Germany]\n", 8,
@@ -224,7 +230,7 @@ def test_each_cname_loop_is_reported_once() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    text = BASE + "records:\n  a: {A: bad}\n  b: {AAAA: bad}\nservices:\n  www: {ttl: x}\n"
+    text = BASE + "records:\n  a: {A: bad}\n  b: {AAAA: bad}\nservices:\n  www: {ttl: x, pools: {p: {}}}\n"
     with pytest.raises(ConfigError) as info:
         load_zone_text(text, "z.yaml")
     assert len(info.value.problems) == 3

@@ -232,7 +232,8 @@ def _mapping(p: _Problems, parent: Any, key: Any, value: Any, path: str) -> dict
     if value is None:
         return _Map()
     if not isinstance(value, dict):
-        p.add(parent, key, path, f"must be a mapping, not {type(value).__name__}")
+        kind = "a list" if isinstance(value, list) else type(value).__name__  # not "_Seq"
+        p.add(parent, key, path, f"must be a mapping, not {kind}")
         return _Map()
     return value
 

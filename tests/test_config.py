@@ -136,6 +136,7 @@ BAD = [
     (BASE + "services:\n  www:\n", 5, "services.www.pools: required: at least one pool"),
     (BASE + "services:\n  www:\n    pools:\n      eu:\n", 7, "services.www.pools.eu: must be a mapping"),
     (BASE + "services:\n  www: 5\n", 5, "services.www: must be a mapping"),
+    (BASE + "services:\n  www:\n    pools: [eu]\n", 6, "services.www.pools: must be a mapping, not a list"),
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        priority: first\n", 8,
      "pools.eu.priority: must be an integer"),
     (BASE + "services:\n  www:\n    pools:\n      eu:\n        countries: [Germany]\n", 8,

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -54,31 +54,64 @@ _STATIC_TYPES = {"A", "AAAA", "CNAME", "TXT", "MX"}
 
 
 class _Map(dict[Any, Any]):
-    line: int = 0
-    key_lines: dict[Any, int]
+    """A mapping with the line it starts on and the line of each key."""
+
+    def __init__(self, *args: Any, line: int = 0) -> None:
+        super().__init__(*args)
+        self.line = line
+        # set here, not on the class: an empty _Map made for a bad value is reported on too
+        self.key_lines: dict[Any, int] = {}
 
 
 class _Seq(list[Any]):
-    line: int = 0
+    """A sequence with the line it starts on and the line of each item."""
+
+    def __init__(self, *args: Any, line: int = 0) -> None:
+        super().__init__(*args)
+        self.line = line
+        self.item_lines: list[int] = []
 
 
 class _LineConstructor:
-    """Mappings and sequences that remember their line numbers (a loader mix-in)."""
+    """Mappings and sequences that remember their line numbers (a loader mix-in).
+
+    A key given twice in one mapping is remembered in ``duplicates`` (line, key): YAML
+    keeps the last silently, and a record or a setting would vanish unnoticed.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)  # type: ignore[call-arg]
+        self.duplicates: list[tuple[int, Any]] = []
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:  # before merge keys ("<<") are flattened in
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+                if key in seen:
+                    self.duplicates.append((key_node.start_mark.line + 1, key))
+                seen.add(key)
         plain = super().construct_mapping(node, deep=True)  # type: ignore[misc]
-        result = _Map(plain)
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
+        result = _Map(plain, line=node.start_mark.line + 1)
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
             if isinstance(key, str | int | float | bool):
                 result.key_lines[key] = key_node.start_mark.line + 1
         return result
 
+    def construct_int(self, node: yaml.ScalarNode) -> Any:
+        # int() refuses more than 4300 digits with a bare ValueError, which has no line
+        try:
+            return super().construct_yaml_int(node)  # type: ignore[misc]
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "integer with too many digits", node.start_mark
+            ) from None
+
     def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> Any:
-        result = _Seq(super().construct_sequence(node, deep=True))  # type: ignore[misc]
-        result.line = node.start_mark.line + 1
+        result = _Seq(super().construct_sequence(node, deep=True),  # type: ignore[misc]
+                      line=node.start_mark.line + 1)
+        result.item_lines = [item.start_mark.line + 1 for item in node.value]
         return result
 
 
@@ -102,6 +135,7 @@ for _loader in {_LineLoader, _FastLineLoader}:
                             _loader.construct_mapping)
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG,
                             _loader.construct_sequence)
+    _loader.add_constructor("tag:yaml.org,2002:int", _loader.construct_int)
 
 
 # --- problem collection -------------------------------------------------------------
@@ -115,11 +149,7 @@ class _Problems:
     items: list[str] = field(default_factory=list)
 
     def add(self, container: Any, key: Any, path: str, message: str) -> None:
-        line = 0
-        if isinstance(container, _Map):
-            line = container.key_lines.get(key, container.line)
-        elif isinstance(container, _Seq):
-            line = container.line
+        line = _line(container, key)
         where = f"{self.source}:{line}: " if self.source and line else (
             f"{self.source}: " if self.source else ""
         )
@@ -128,6 +158,17 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise ConfigError(self.items)
+
+
+def _line(container: Any, key: Any) -> int:
+    """The line of ``container[key]`` in its file; 0 when unknown (JSON from the API)."""
+    if isinstance(container, _Map):
+        return container.key_lines.get(key, container.line)
+    if isinstance(container, _Seq):
+        if isinstance(key, int) and 0 <= key < len(container.item_lines):
+            return container.item_lines[key]
+        return container.line
+    return 0
 
 
 def _join(path: str, key: Any) -> str:
@@ -140,7 +181,7 @@ def _join(path: str, key: Any) -> str:
 def _int(p: _Problems, m: Any, key: str, path: str, default: int, lo: int, hi: int) -> int:
     value = m.get(key, default) if isinstance(m, dict) else default
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        p.add(m, key, _join(path, key), f"must be an integer from {lo} to {hi}, not {value!r}")
+        p.add(m, key, _join(path, key), f"must be an integer from {lo} to {hi}, not {_shown(value)}")
         return default
     return value
 
@@ -149,15 +190,22 @@ def _float(
     p: _Problems, m: Any, key: str, path: str, default: float, lo: float, hi: float
 ) -> float:
     value = m.get(key, default) if isinstance(m, dict) else default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not lo <= value <= hi
-    ):
-        p.add(m, key, _join(path, key), f"must be a number from {lo} to {hi}, not {value!r}")
+    number = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+    if not math.isfinite(number) or not lo <= number <= hi:
+        p.add(m, key, _join(path, key), f"must be a number from {lo} to {hi}, not {_shown(value)}")
         return default
-    return float(value)
+    return number
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message; a huge one by its kind, so the message stays readable."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def _str(p: _Problems, m: Any, key: str, path: str, default: str | None = None) -> str | None:
@@ -184,7 +232,8 @@ def _mapping(p: _Problems, parent: Any, key: Any, value: Any, path: str) -> dict
     if value is None:
         return _Map()
     if not isinstance(value, dict):
-        p.add(parent, key, path, f"must be a mapping, not {type(value).__name__}")
+        kind = "a list" if isinstance(value, list) else type(value).__name__  # not "_Seq"
+        p.add(parent, key, path, f"must be a mapping, not {kind}")
         return _Map()
     return value
 
@@ -210,9 +259,37 @@ def parse_address(value: Any) -> IPAddress:
     if not isinstance(value, str):
         raise ValueError(f"must be an IP address string, not {value!r}")
     try:
-        return ip_address(value.strip())
+        address = ip_address(value.strip())
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address") from None
+    # fe80::1%eth0 and fe80::1 would be two endpoints answering the same AAAA record
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        raise ValueError(f"{value!r} must not carry a zone index ('%{address.scope_id}')")
+    return address
+
+
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def parse_endpoint_address(value: Any) -> IPAddress:
+    """An address a client could be sent to; ValueError with a readable message otherwise.
+
+    Static A/AAAA records keep ``parse_address``: 0.0.0.0 there is a known convention
+    (a blackhole), but an endpoint at such an address can never be reached.
+    """
+    address = parse_address(value)
+    # ::ffff:169.254.1.1 is judged as the IPv4 address it carries
+    plain = (address.ipv4_mapped or address) if isinstance(address, IPv6Address) else address
+    reason = (
+        "unspecified" if plain.is_unspecified
+        else "multicast" if plain.is_multicast
+        else "the limited broadcast address" if plain == _LIMITED_BROADCAST
+        else "link-local" if plain.is_link_local
+        else None
+    )
+    if reason:
+        raise ValueError(f"{address} is {reason}, never a reachable endpoint")
+    return address
 
 
 def absolute_name(value: str, apex: str) -> str:
@@ -349,12 +426,16 @@ def check_data(check: HealthCheck) -> dict[str, Any]:
 def _parse_endpoint(
     p: _Problems, parent: Any, index: int, value: Any, path: str, check: HealthCheck
 ) -> Endpoint | None:
-    if isinstance(value, str):  # shorthand: just the address
-        value = {"address": value}
+    if isinstance(value, str):  # shorthand: just the address, reported at its line
+        value = _Map({"address": value}, line=_line(parent, index))
+        value.key_lines["address"] = value.line
+    elif not isinstance(value, dict):
+        p.add(parent, index, path, f"must be an address or a mapping with 'address', not {value!r}")
+        return None
     m = _mapping(p, parent, index, value, path)
     _unknown_keys(p, m, ("address", "port", "weight", "cap", "check"), path)
     try:
-        address = parse_address(m.get("address"))
+        address = parse_endpoint_address(m.get("address"))
     except ValueError as exc:
         p.add(m, "address", _join(path, "address"), str(exc))
         return None
@@ -383,8 +464,7 @@ def _parse_location(p: _Problems, parent: Any, value: Any, path: str) -> Locatio
     if value is None:
         return None
     if isinstance(value, list) and len(value) == 2:
-        value = _Map({"lat": value[0], "lon": value[1]})
-        value.line, value.key_lines = getattr(parent, "line", 0), {}
+        value = _Map({"lat": value[0], "lon": value[1]}, line=getattr(parent, "line", 0))
     m = _mapping(p, parent, "location", value, path)
     _unknown_keys(p, m, ("lat", "lon"), path)
     if "lat" not in m or "lon" not in m:
@@ -412,6 +492,8 @@ POOL_FIELDS = ("priority", "weight", "countries", "continents", "location", "end
 def _parse_pool(
     p: _Problems, parent: Any, name: Any, value: Any, path: str, check: HealthCheck
 ) -> Pool:
+    if value is None:  # '{}' is a pool (that registrations fill); null is a mistake
+        p.add(parent, name, path, "must be a mapping ({} for an empty pool), not null")
     m = _mapping(p, parent, name, value, path)
     _unknown_keys(p, m, POOL_FIELDS, path)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -444,13 +526,21 @@ def _parse_pool(
 SERVICE_FIELDS = ("ttl", "answers", "policy", "all_down", "check", "pools")
 
 
-def _parse_service(p: _Problems, parent: Any, full_name: str, value: Any, path: str) -> Service:
-    m = _mapping(p, parent, full_name, value, path)
+def _parse_service(
+    p: _Problems, parent: Any, key: Any, full_name: str, value: Any, path: str
+) -> Service:
+    """``parent[key]`` (``key`` as written in the file) is the service ``full_name``."""
+    m = _mapping(p, parent, key, value, path)
     _unknown_keys(p, m, SERVICE_FIELDS, path)
     policy = _enum(p, m, "policy", path, Policy, Policy.STICKY)
     all_down = _enum(p, m, "all_down", path, AllDown, AllDown.OPEN)
     check = _parse_check(p, m, m.get("check"), _join(path, "check"))
     pools_raw = _mapping(p, m, "pools", m.get("pools"), _join(path, "pools"))
+    if not pools_raw and isinstance(value, dict | None) and isinstance(m.get("pools"), dict | None):
+        # a service without pools has nothing to answer with, not even a registration
+        container, field_key = (m, "pools") if value is not None else (parent, key)
+        p.add(container, field_key, _join(path, "pools"),
+              "required: at least one pool, name -> {...}")
     pools = tuple(
         _parse_pool(p, pools_raw, name, pool, _join(_join(path, "pools"), name), check)
         for name, pool in pools_raw.items()
@@ -473,7 +563,7 @@ def parse_service(name: str, data: Any) -> Service:
     problem = check_name(full_name)
     if problem:
         p.add(None, None, "name", problem)
-    service = _parse_service(p, None, full_name, data, "")
+    service = _parse_service(p, None, None, full_name, data, "")
     p.raise_if_any()
     return service
 
@@ -513,11 +603,13 @@ def _record_data(
             p.add(m, rtype, path, "must be text")
             return None
         data = text.encode()
-        chunks = tuple(data[i : i + 255].decode(errors="replace") for i in range(0, len(data), 255))
-        return TXTData(chunks or ("",))
+        # split as bytes and kept as bytes: decoding a chunk would corrupt a character cut in two
+        return TXTData(tuple(data[i : i + 255] for i in range(0, len(data), 255)) or (b"",))
     # MX: "10 mail" or {preference: 10, exchange: mail}
-    if isinstance(item, str) and len(item.split()) == 2 and item.split()[0].isdigit():
-        item = {"preference": int(item.split()[0]), "exchange": item.split()[1]}
+    words = item.split() if isinstance(item, str) else []
+    # ASCII digits only: str.isdigit() is true of "²", which int() refuses
+    if len(words) == 2 and re.fullmatch(r"[0-9]+", words[0]):
+        item = {"preference": int(words[0]), "exchange": words[1]}
     if not isinstance(item, dict) or not isinstance(item.get("exchange"), str):
         p.add(m, rtype, path, "must be {preference: N, exchange: NAME} or 'N NAME'")
         return None
@@ -649,6 +741,35 @@ def _check_conflicts(
                   f"{name} is a service and also has static A/AAAA/CNAME records")
 
 
+def _check_cname_loops(
+    p: _Problems, records: list[Record], where: dict[str, tuple[Any, Any]]
+) -> None:
+    """A chain of this zone's CNAMEs that comes back on itself can never be answered.
+    Only names inside the zone can be followed; a CNAME leaving it ends the chain."""
+    targets = {
+        r.name: r.data.target for r in records
+        if r.rtype is RType.CNAME and isinstance(r.data, NameData)
+    }
+    order = {name: i for i, name in enumerate(targets)}  # file order
+    looped: set[str] = set()
+    for start in targets:
+        chain: list[str] = []
+        name = start
+        while name in targets and name not in chain and name not in looped:
+            chain.append(name)
+            name = targets[name]
+        if name not in chain:
+            continue  # leaves the zone, ends at a non-CNAME, or runs into a known loop
+        loop = chain[chain.index(name):]
+        looped.update(loop)
+        first = min(loop, key=order.__getitem__)
+        at = loop.index(first)
+        shown = " -> ".join([*loop[at:], *loop[:at], first])
+        raw, owner = where[first]
+        p.add(raw[owner], "CNAME", _join(_join("records", owner), "CNAME"),
+              f"CNAME loop: {shown}")
+
+
 def parse_zone(doc: Any, source: str = "") -> Zone:
     """A zone from a parsed zone-file document; ConfigError lists every problem."""
     p = _Problems(source)
@@ -682,26 +803,43 @@ def parse_zone(doc: Any, source: str = "") -> Zone:
         if problem:
             p.add(raw, name, path, problem)
             continue
-        services.append(_parse_service(p, raw, full_name, value, path))
+        services.append(_parse_service(p, raw, name, full_name, value, path))
         service_where[full_name] = (raw, name)
     _check_conflicts(p, records, service_where, where)
+    _check_cname_loops(p, records, where)
     p.raise_if_any()
     return Zone(apex=apex, soa=soa, records=tuple(records), services=tuple(services), source=source)
+
+
+def _load_yaml(text: str, loader_class: Any) -> tuple[Any, list[tuple[int, Any]]]:
+    """The document and its duplicate keys (what ``yaml.load`` does, keeping the loader)."""
+    loader = loader_class(text)
+    try:
+        return loader.get_single_data(), loader.duplicates
+    finally:
+        loader.dispose()
 
 
 def load_zone_text(text: str, source: str = "") -> Zone:
     """A zone from zone-file text."""
     try:
         try:
-            doc = yaml.load(text, Loader=_FastLineLoader)  # noqa: S506 - a safe loader
+            doc, duplicates = _load_yaml(text, _FastLineLoader)
         except yaml.YAMLError:
-            doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - raises, with a better message
+            doc, duplicates = _load_yaml(text, _LineLoader)  # raises, with a better message
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{source}{line}: invalid YAML: {reason}"]) from None
-    return parse_zone(doc, source)
+    problems = [f"{source}:{line}: duplicate key {key!r}" for line, key in duplicates]
+    try:
+        zone = parse_zone(doc, source)
+    except ConfigError as exc:
+        raise ConfigError([*problems, *exc.problems]) from None
+    if problems:
+        raise ConfigError(problems)
+    return zone
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,10 @@ class MXData:
 
 @dataclass(frozen=True, slots=True)
 class TXTData:
-    strings: tuple[str, ...]
+    """The character-strings of one TXT record, as bytes of at most 255 each: a text
+    longer than that is split on bytes, so a UTF-8 character may straddle two."""
+
+    strings: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)

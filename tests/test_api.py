@@ -27,7 +27,7 @@ from gslb.config import load_zone_text, load_zones
 from gslb.engine.answer import answer
 from gslb.engine.context import Client
 from gslb.errors import StoreError
-from gslb.model import AddressData, EndpointRef, IPAddress, RType
+from gslb.model import AddressData, Endpoint, EndpointRef, IPAddress, RType
 from gslb.registry import Registry
 from gslb.store.contract import Registration
 from gslb.store.sqlite import SqliteStore
@@ -882,3 +882,98 @@ def test_expect_continue_within_the_limit_gets_100_then_the_answer(api: Api) -> 
         client.sendall(body)
         assert client.recv(65536).startswith(b"HTTP/1.1 201 ")
     assert list(endpoints(api)) == [f"{A}:None"]
+
+
+# --- service definitions the parser refuses -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"pools": {"eu": {"endpoints": [None]}}}, "pools.eu.endpoints[0]"),
+        ({"pools": {"eu": {"endpoints": [1]}}}, "pools.eu.endpoints[0]"),
+        ({"pools": {"eu": {"endpoints": [["192.0.2.1"]]}}}, "pools.eu.endpoints[0]"),
+        ({"pools": {"eu": {"endpoints": ["2001:db8::1%eth0"]}}}, "pools.eu.endpoints[0].address"),
+        *[({"pools": {"eu": {"endpoints": ["192.0.2.1", {"address": address}]}}},
+           "pools.eu.endpoints[1].address")
+          for address in ("0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "fe80::1")],
+        ({}, "pools"),
+        ({"ttl": 5, "pools": {}}, "pools"),
+        ({"pools": {"eu": None}}, "pools.eu"),
+        ({"pools": {"eu": {}, "us": None}}, "pools.us"),
+        ({"check": {"interval": 10**400}}, "check.interval"),
+        ({"check": {"timeout": 10**400}}, "check.timeout"),
+        ({"pools": {"eu": {"location": {"lat": 10**400, "lon": 0}}}}, "pools.eu.location.lat"),
+        ({"pools": {"eu": {"endpoints": [{"address": "192.0.2.1", "cap": 10**400}]}}},
+         "pools.eu.endpoints[0].cap"),
+    ],
+)
+def test_bad_service_definitions_are_400_naming_the_field(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
+    before = api.registry.generation
+    reply = api.call("PUT", "/services/x.gslb.example.com", body)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == field
+    assert field in reply.body["error"]
+    assert api.registry.generation == before
+
+
+def test_register_refuses_an_address_with_a_zone_index(api: Api) -> None:
+    assert api.post("/register", reg("2001:db8::10")).status == 201
+    for scoped in ("2001:db8::10%eth0", "2001:db8::10%1"):
+        reply = api.post("/register", reg(scoped))
+        assert reply.status == 400, reply.body
+        assert reply.body["field"] == "address"
+        assert "zone index" in reply.body["error"]
+    result = answer(api.registry.snapshot, WWW + ".", RType.AAAA, Client(ip_address("127.0.0.1")))
+    assert [str(r.data.address) for r in result.answer if isinstance(r.data, AddressData)] == [
+        "2001:db8::10"]
+
+
+@pytest.fixture
+def open_api(serve: Serve, stores: list[SqliteStore], tmp_path: Path) -> Api:
+    """A service whose pool takes registrations from anywhere."""
+    zone = load_zone_text(
+        "zone: open.example\n"
+        "nameservers: {ns1: [127.0.0.1]}\n"
+        "services:\n"
+        "  www:\n"
+        "    check: {type: none}\n"
+        "    pools:\n"
+        "      main: {allow: [0.0.0.0/0, \"::/0\"]}\n"
+    )
+    store = SqliteStore(tmp_path / "state.sqlite")
+    stores.append(store)
+    registry = Registry(store)
+    registry.load_zones([zone])
+    return serve(registry)
+
+
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0", "::", "239.1.1.1", "ff05::2", "255.255.255.255", "169.254.1.1",
+                "fe80::10"],
+)
+def test_register_refuses_addresses_no_client_can_reach(open_api: Api, address: str) -> None:
+    body = {"service": "www.open.example", "pool": "main", "address": address}
+    reply = open_api.post("/register", body)
+    assert reply.status == 400, reply.body
+    assert reply.body["field"] == "address"
+    assert "never a reachable endpoint" in reply.body["error"]
+    assert open_api.get("/services/www.open.example").body["pools"][0]["endpoints"] == []
+
+
+def test_register_accepts_loopback_and_documentation_addresses(open_api: Api) -> None:
+    for address in ("127.0.0.9", "192.0.2.99", "2001:db8::99", "::1", "10.1.2.3"):
+        body = {"service": "www.open.example", "pool": "main", "address": address}
+        assert open_api.post("/register", body).status == 201
+
+
+def test_an_endpoint_registered_before_the_address_rule_can_be_removed(open_api: Api) -> None:
+    """A registration a store kept from before unreachable addresses were refused (made
+    here through the registry) is still named by heartbeats and removed by deregister."""
+    open_api.registry.register("www.open.example", "main", Endpoint(ip_address("0.0.0.0")))
+    body = {"service": "www.open.example", "pool": "main", "address": "0.0.0.0"}
+    assert open_api.post("/heartbeat", {**body, "status": "alive"}).status == 200
+    assert open_api.post("/deregister", body).status == 200
+    assert open_api.get("/services/www.open.example").body["pools"][0]["endpoints"] == []

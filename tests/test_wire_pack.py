@@ -13,9 +13,11 @@ from ipaddress import IPv4Address, IPv6Address
 import dns.edns
 import dns.flags
 import dns.message
+import dns.rdtypes.ANY.TXT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gslb.config import load_zone_text
 from gslb.dns import wire
 from gslb.engine.answer import Answer, Rcode
 from gslb.model import AddressData, Record, RType
@@ -69,3 +71,22 @@ def test_hand_packed_addresses_equal_the_general_packer(case: tuple[wire.Query, 
         limit=wire.MAX_TCP_MESSAGE if tcp else query.udp_limit,
     )
     assert wire.pack_answer(query, answer, tcp) == general
+
+
+def test_long_txt_keeps_a_character_cut_at_the_255_byte_boundary() -> None:
+    text = "x" * 254 + "\u00e9" + "\u20ac" * 100 + "y"  # é's two bytes straddle byte 255
+    zone = load_zone_text(
+        "zone: txt.example\nnameservers: {ns1: [127.0.0.1]}\n"
+        f"records:\n  long: {{TXT: \"{text}\"}}\n", "txt.yaml")
+    [record] = [r for r in zone.records if r.rtype is RType.TXT]
+    query = wire.parse_query(dns.message.make_query("long.txt.example", "TXT").to_wire())
+    assert isinstance(query, wire.Query)
+    packed = wire.pack_reply(
+        query.id, query.flags, Rcode.NOERROR, query.question, authoritative=True,
+        sections=((record,), (), ()), qname=query.qname, limit=wire.MAX_TCP_MESSAGE,
+    )
+    [rrset] = dns.message.from_wire(packed).answer
+    [rdata] = list(rrset)
+    assert isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
+    assert [len(s) for s in rdata.strings] == [255, 255, 47]
+    assert b"".join(rdata.strings).decode() == text

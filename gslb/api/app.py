@@ -58,7 +58,13 @@ from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from gslb.api import openapi, views
-from gslb.config import ReloadReport, check_name, parse_address, parse_check
+from gslb.config import (
+    ReloadReport,
+    check_name,
+    parse_address,
+    parse_check,
+    parse_endpoint_address,
+)
 from gslb.engine.answer import answer
 from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
 from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
@@ -193,7 +199,7 @@ async def register(request: web.Request) -> web.Response:
     service, pool = body.service(registry), body.string("pool")
     served = registry.snapshot.service(service)
     endpoint = Endpoint(
-        address=body.address(),
+        address=body.address(new=True),
         port=body.port(),
         weight=_default(body.integer("weight", 0, 10000), 100),
         heartbeat_timeout=body.duration("heartbeat_timeout", MAX_HEARTBEAT_TIMEOUT),
@@ -551,9 +557,12 @@ class Body:
         except ConfigError as exc:
             raise RequestError("; ".join(exc.problems), _field_of(exc)) from None
 
-    def address(self) -> IPAddress:
+    def address(self, *, new: bool = False) -> IPAddress:
+        """The endpoint's address; a ``new`` one must be one clients can reach (an
+        endpoint registered before that rule can still be named, to remove it)."""
+        parse = parse_endpoint_address if new else parse_address
         try:
-            return parse_address(self._get("address", True))
+            return parse(self._get("address", True))
         except ValueError as exc:
             raise RequestError(f"address: {exc}", "address") from None
 

@@ -235,7 +235,8 @@ def rdata_text(data: RData) -> str:
     if isinstance(data, MXData):
         return f"{data.preference} {data.exchange}"
     if isinstance(data, TXTData):
-        return " ".join(f'"{s}"' for s in data.strings)
+        # a character cut at a string's end shows as \xNN, not as a replacement character
+        return " ".join(f'"{s.decode(errors="backslashreplace")}"' for s in data.strings)
     if isinstance(data, HINFOData):
         return f'"{data.cpu}" "{data.os}"'
     return (f"{data.mname} {data.rname} {data.serial} {data.refresh} {data.retry} "

@@ -701,16 +701,10 @@ def _rdata(rtype: RType, data: RData) -> RD:
         times = (data.serial, data.refresh, data.retry, data.expire, data.minimum)
         return SOA(_label(data.mname), _label(data.rname), times)
     if isinstance(data, TXTData):
-        return TXT([chunk for text in data.strings for chunk in _character_strings(text)])
+        return TXT(list(data.strings))
     if isinstance(data, HINFOData):
         return RD(b"".join(_character_string(text) for text in (data.cpu, data.os)))
     raise TypeError(f"no wire form for {type(data).__name__}")
-
-
-def _character_strings(text: str) -> list[bytes]:
-    """A TXT string as character-strings of at most 255 octets each (RFC 1035 3.3.14)."""
-    raw = text.encode("utf-8")
-    return [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
 
 
 def _character_string(text: str) -> bytes:

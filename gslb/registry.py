@@ -319,7 +319,7 @@ class Registry:
                 refs = [EndpointRef(name, pool, *key) for key in waiting]
                 ref = _only(refs, address, port, name)
             else:
-                ref = self._find_ref(name, pool, address, port, exact=True)
+                ref = self._find_ref(name, pool, address, port)
             endpoint = self._registered.get((ref.service, ref.pool), {}).get(
                 (ref.address, ref.port))
             if endpoint is None:
@@ -350,7 +350,7 @@ class Registry:
         """An operator's override for one endpoint (of a zone file or registered). Durable."""
         with self._lock:
             svc = self._require_pool(service, pool)
-            ref = self._find_ref(svc.name, pool, address, port, exact=True)
+            ref = self._find_ref(svc.name, pool, address, port)
             endpoint = self._endpoint(ref)
             assert endpoint is not None
             old = self._current(ref)
@@ -377,7 +377,7 @@ class Registry:
         """The endpoint of that pool at ``address`` (and ``port``); NotFound otherwise."""
         with self._lock:
             svc = self._require_pool(service, pool)
-            return self._find_ref(svc.name, pool, address, port, exact=True)
+            return self._find_ref(svc.name, pool, address, port)
 
     def notes(self, ref: EndpointRef) -> EndpointNotes:
         with self._lock:
@@ -401,7 +401,7 @@ class Registry:
     ) -> EndpointRef:
         """Record a heartbeat; the endpoint is up until its heartbeat timeout passes."""
         with self._lock:
-            ref = self._find_ref(service, pool, address, port, exact=True)
+            ref = self._find_ref(service, pool, address, port)
             now = self._clock()
             self._last_heartbeat[ref] = now
             endpoint = self._endpoint(ref)
@@ -878,15 +878,10 @@ class Registry:
         return ref.service in self._services and key in self._registered.get(pair, {})
 
     def _find_ref(
-        self,
-        service: str,
-        pool: str | None,
-        address: IPAddress,
-        port: int | None,
-        exact: bool = False,
+        self, service: str, pool: str | None, address: IPAddress, port: int | None
     ) -> EndpointRef:
-        """The endpoint at ``address`` (and ``port``, when given). With ``exact``, an
-        address that several endpoints share needs their pool or port (see ``_only``)."""
+        """The endpoint at ``address`` (and ``port``, when given); an address that several
+        endpoints share needs their pool or port (see ``_only``)."""
         svc = self._service_named(service)
         name = svc.name
         pools = [pool] if pool is not None else [p.name for p in svc.pools]
@@ -896,12 +891,7 @@ class Registry:
                 raise NotFound(f"no pool {candidate} in service {name.rstrip('.')}")
             refs.extend(EndpointRef(name, candidate, *key)
                         for key in self._endpoints(svc, candidate))
-        if exact:
-            return _only(refs, address, port, name)
-        for ref in refs:
-            if ref.address == address and (port is None or ref.port == port):
-                return ref
-        raise NotFound(f"no endpoint {address} in {name.rstrip('.')}; register it first")
+        return _only(refs, address, port, name)
 
     def _bump_serial(self, apex: str) -> None:
         serial = max(self._serials.get(apex, 0) + 1, int(self._clock())) % 2**32

@@ -463,7 +463,6 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-
 async def read_body(request: web.Request, allowed: Iterable[str]) -> Body:
     """The request's JSON object with only ``allowed`` fields; RequestError names what is
     wrong with it."""

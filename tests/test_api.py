@@ -27,7 +27,7 @@ from gslb.config import load_zone_text, load_zones
 from gslb.engine.answer import answer
 from gslb.engine.context import Client
 from gslb.errors import StoreError
-from gslb.model import AddressData, Endpoint, EndpointRef, IPAddress, RType
+from gslb.model import AddressData, Endpoint, EndpointRef, IPAddress, RType, Zone
 from gslb.registry import Registry
 from gslb.store.contract import Registration
 from gslb.store.sqlite import SqliteStore
@@ -128,12 +128,17 @@ Serve = Callable[..., Api]
 
 
 def open_registry(
-    path: Path, stores: list[SqliteStore], store_type: type[SqliteStore] = SqliteStore
+    path: Path,
+    stores: list[SqliteStore],
+    store_type: type[SqliteStore] = SqliteStore,
+    zones: list[Zone] | None = None,
 ) -> Registry:
+    """A registry on a SQLite store at ``path`` (closed by the ``stores`` fixture), with
+    ``zones`` (default: the bundled ones)."""
     store = store_type(path)
     stores.append(store)
     registry = Registry(store)
-    registry.load_zones(load_zones(ZONES))
+    registry.load_zones(load_zones(ZONES) if zones is None else zones)
     return registry
 
 
@@ -377,11 +382,7 @@ def test_deregistering_a_zone_file_endpoint_is_400(
         "      main:\n"
         "        endpoints: [198.51.100.1]\n"
     )
-    store = SqliteStore(tmp_path / "state.sqlite")
-    stores.append(store)
-    registry = Registry(store)
-    registry.load_zones([zone])
-    api = serve(registry)
+    api = serve(open_registry(tmp_path / "state.sqlite", stores, zones=[zone]))
 
     body = {"service": "www.static.example", "pool": "main", "address": "198.51.100.1"}
     reply = api.post("/deregister", body)
@@ -943,11 +944,7 @@ def open_api(serve: Serve, stores: list[SqliteStore], tmp_path: Path) -> Api:
         "    pools:\n"
         "      main: {allow: [0.0.0.0/0, \"::/0\"]}\n"
     )
-    store = SqliteStore(tmp_path / "state.sqlite")
-    stores.append(store)
-    registry = Registry(store)
-    registry.load_zones([zone])
-    return serve(registry)
+    return serve(open_registry(tmp_path / "state.sqlite", stores, zones=[zone]))
 
 
 @pytest.mark.parametrize(

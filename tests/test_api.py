@@ -855,21 +855,30 @@ def test_head_answers_like_get_without_a_body(api: Api, path: str) -> None:
 # --- Expect: 100-continue -------------------------------------------------------------
 
 
-def expect_continue(api: Api, length: int) -> tuple[socket.socket, bytes]:
-    """Sends a POST /register's headers with Expect: 100-continue; returns the socket
-    and what the server answered before any body was sent."""
+def expect_continue(
+    api: Api, length: int, headers: bytes = b"", expect: bytes = b"100-continue"
+) -> tuple[socket.socket, bytes]:
+    """Sends a POST /register's headers (and ``headers``, each ending in CRLF) with
+    Expect: 100-continue; returns the socket and what the server answered before any
+    body was sent."""
     client = socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1])), 10)
-    client.sendall(b"POST /register HTTP/1.1\r\nHost: gslb\r\nExpect: 100-continue\r\n"
-                   b"Content-Type: application/json\r\n"
-                   b"Content-Length: %d\r\n\r\n" % length)
+    client.sendall(b"POST /register HTTP/1.1\r\nHost: gslb\r\nExpect: %s\r\n"
+                   b"Content-Type: application/json\r\n%s"
+                   b"Content-Length: %d\r\n\r\n" % (expect, headers, length))
     return client, client.recv(65536)
+
+
+def whole_answer(client: socket.socket, first: bytes) -> bytes:
+    """``first`` and the rest of a JSON answer, should it come in pieces."""
+    while not first.endswith(b"}") and (more := client.recv(65536)):
+        first += more
+    return first
 
 
 def test_expect_continue_over_the_limit_gets_413_without_100(api: Api) -> None:
     client, first = expect_continue(api, 99999999)
     with client:
-        while not first.endswith(b"}") and (more := client.recv(65536)):
-            first += more  # the rest of the answer, if it came in pieces
+        first = whole_answer(client, first)
         assert first.startswith(b"HTTP/1.1 413 "), first
         assert b"100 Continue" not in first
         assert b'"error"' in first
@@ -883,6 +892,36 @@ def test_expect_continue_within_the_limit_gets_100_then_the_answer(api: Api) -> 
         client.sendall(body)
         assert client.recv(65536).startswith(b"HTTP/1.1 201 ")
     assert list(endpoints(api)) == [f"{A}:None"]
+
+
+def test_expect_continue_without_the_token_is_refused_before_the_body(
+    serve: Serve, stores: list[SqliteStore], tmp_path: Path
+) -> None:
+    api = serve(open_registry(tmp_path / "state.sqlite", stores), token=TOKEN)
+    body = json.dumps(reg(A)).encode()
+    for headers, status in ((b"", b"401"), (b"Authorization: Bearer not-it\r\n", b"403")):
+        client, first = expect_continue(api, len(body), headers)
+        with client:
+            first = whole_answer(client, first)
+            assert first.startswith(b"HTTP/1.1 %s " % status), first
+            assert b"100 Continue" not in first
+            assert b"WWW-Authenticate: Bearer" in first
+    client, first = expect_continue(api, len(body), b"Authorization: Bearer %s\r\n" % TOKEN.encode())
+    with client:
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(body)
+        assert client.recv(65536).startswith(b"HTTP/1.1 201 ")
+    assert api_requests(api) == {"401": 1.0, "403": 1.0, "201": 1.0}
+
+
+def test_unknown_expectation_is_417_and_counted(api: Api) -> None:
+    client, first = expect_continue(api, 10, expect=b"teapot")
+    with client:
+        first = whole_answer(client, first)
+        assert first.startswith(b"HTTP/1.1 417 "), first
+        assert b"teapot" in first
+    assert api_requests(api) == {"417": 1.0}
+    assert list(endpoints(api)) == []
 
 
 # --- service definitions the parser refuses -------------------------------------------

@@ -161,8 +161,10 @@ def make_app(
         (hdrs.METH_GET, "/metrics", metrics_text, Scope.READ),
     ]
     scopes = {(method, path): scope for method, path, _, scope in routes}
+    authorize = make_authorizer(tokens, scopes)
+    expect_continue = make_expect_handler(authorize, metrics)
     middlewares = [make_count_middleware(metrics), errors_middleware,
-                   make_auth_middleware(tokens, scopes)]
+                   make_auth_middleware(authorize)]
     if settle is not None:
         middlewares.insert(1, make_settle_middleware(settle))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
@@ -446,21 +448,37 @@ async def explain(request: web.Request) -> web.Response:
 # --- request bodies -----------------------------------------------------------------
 
 
-async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+def make_expect_handler(
+    authorize: Callable[[web.Request], None], metrics: Metrics
+) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
     """``Expect: 100-continue``: the client waits for "100 Continue" before it sends its
-    body. A body declared larger than the limit gets no 100: ``read_json`` answers 413
-    before reading, and the client need not send what would be refused."""
-    length = request.content_length
-    if length is not None and length > request.client_max_size:
-        return None
-    expect = request.headers.get(hdrs.EXPECT, "")
-    if request.version != HttpVersion11:
-        return None
-    if expect.lower() != "100-continue":
-        return error_response(417, f"unknown expectation {expect!r} (only 100-continue)")
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the answer's own size starts after the 100
-    return None
+    body. What would be refused gets no 100, so the client need not send the body: a
+    missing or wrong token is answered here (401, 403), and a body declared larger than
+    the limit goes on to ``read_json``, which answers 413 before reading. aiohttp sends
+    what this returns without the middlewares, so it is counted here."""
+
+    async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+        length = request.content_length
+        if length is not None and length > request.client_max_size:
+            return None
+        if request.version != HttpVersion11:
+            return None
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if expect.lower() != "100-continue":
+            response = error_response(417, f"unknown expectation {expect!r} (only 100-continue)")
+        else:
+            try:
+                authorize(request)
+            except ApiError as exc:
+                response = error_response(exc.status, exc.message, exc.field, exc.headers)
+            else:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0  # the answer's own size starts after the 100
+                return None
+        count_request(metrics, request, response.status)
+        return response
+
+    return expect_continue
 
 
 async def read_body(request: web.Request, allowed: Iterable[str]) -> Body:
@@ -683,8 +701,6 @@ def make_count_middleware(metrics: Metrics) -> Middleware:
 
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = request.match_info.route.resource
-        pattern = route.canonical if route is not None else "unmatched"
         status = 500
         try:
             response = await handler(request)
@@ -694,9 +710,16 @@ def make_count_middleware(metrics: Metrics) -> Middleware:
             status = exc.status
             raise
         finally:
-            metrics.api_requests.labels(pattern, request.method, str(status)).inc()
+            count_request(metrics, request, status)
 
     return count
+
+
+def count_request(metrics: Metrics, request: web.Request, status: int) -> None:
+    """One more request of this route (its pattern, so names do not explode the labels)."""
+    route = request.match_info.route.resource
+    pattern = route.canonical if route is not None else "unmatched"
+    metrics.api_requests.labels(pattern, request.method, str(status)).inc()
 
 
 def make_settle_middleware(settle: Callable[[], Awaitable[object]]) -> Middleware:
@@ -763,10 +786,23 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, exc.reason)
 
 
-def make_auth_middleware(
+def make_auth_middleware(authorize: Callable[[web.Request], None]) -> Middleware:
+    """Checks the bearer token a route's scope needs (see ``make_authorizer``)."""
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        authorize(request)
+        return await handler(request)
+
+    return auth_middleware
+
+
+def make_authorizer(
     tokens: Tokens, scopes: Mapping[tuple[str, str], Scope]
-) -> Middleware:
-    """Checks the bearer token a route's scope needs (see the module docstring)."""
+) -> Callable[[web.Request], None]:
+    """What raises ApiError 401 or 403 unless a request carries the token its route's
+    scope needs (see the module docstring); routes that do not exist pass, so that
+    404/405 go on to say so."""
     encoded = {
         scope: [t.strip().encode("utf-8") for t in accepted if t is not None]
         for scope, accepted in (
@@ -777,19 +813,17 @@ def make_auth_middleware(
         )
     }
 
-    @web.middleware
-    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def authorize(request: web.Request) -> None:
         info = request.match_info
-        if info.http_exception is None:  # 404/405 go on to say so
+        if info.http_exception is None:
             resource = info.route.resource
             method = hdrs.METH_GET if request.method == hdrs.METH_HEAD else request.method
             scope = scopes.get((method, resource.canonical if resource else ""), Scope.ADMIN)
             expected = encoded.get(scope)
             if expected:
                 _authorize(request.headers.get(hdrs.AUTHORIZATION), expected)
-        return await handler(request)
 
-    return auth_middleware
+    return authorize
 
 
 def _authorize(header: str | None, expected: list[bytes]) -> None:

@@ -21,6 +21,13 @@ count (``gslb-w1``, ``gslb-w2``); ``--server-cpu`` and ``--client-cpu`` take CPU
 ``--python`` (the project's ``.venv``); ``--compare-python`` adds ``gslb@alt`` and
 ``floor@alt`` on a second interpreter, to show what the build of CPython costs.
 
+``--halt-poll 0,200000`` runs the fixed-rate rounds under each of those values of the
+guest kernel's ``haltpoll.guest_halt_poll_ns`` (root, a KVM guest with the
+cpuidle-haltpoll driver; the value found is put back): how long an idle virtual CPU
+polls before it halts into the hypervisor, which decides what waking a sleeping
+server costs. ``--percentiles`` adds the median and 99th percentile of the fixed-rate
+latencies, from dnsperf's per-response lines (``-v``).
+
 Prints a Markdown table: saturated qps with and without ECS, server CPU µs per
 query, loss, the ratios to gdnsd and Knot, and latency at a fixed rate.
 """
@@ -44,6 +51,7 @@ from pathlib import Path
 from interpreter import describe
 
 ROOT = Path(__file__).resolve().parent.parent
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 PACKAGES = ("dnsperf", "gdnsd", "knot", "bind9-dnsutils")
 NAME = "www.gslb.example.com"
 ECS_HEX = "8:00011800c63364"  # RFC 7871: family 1, source /24, 198.51.100.0 (Frankfurt)
@@ -153,6 +161,7 @@ class Run:
     server_cpu: float  # seconds of server CPU during the run
     client_busy: float  # share of the client core busy
     server_busy: float
+    latencies: list[float] = field(default_factory=list)  # per response, with --percentiles
 
     @property
     def cpu_per_query_us(self) -> float:
@@ -344,6 +353,8 @@ def dnsperf(server: Server, queries: Path, args: argparse.Namespace, ecs: bool,
         command += ["-E", ECS_HEX]
     if rate:
         command += ["-Q", str(rate)]
+        if args.percentiles:
+            command.append("-v")
     cpu0, stat0 = process_cpu(server.process.pid), cpu_times()
     result = subprocess.run(command, capture_output=True, text=True,
                             timeout=args.duration + 30)
@@ -366,11 +377,27 @@ def dnsperf(server: Server, queries: Path, args: argparse.Namespace, ecs: bool,
         server_cpu=cpu1 - cpu0,
         client_busy=busy(stat0, stat1, args.client_cpu),
         server_busy=busy(stat0, stat1, args.server_cpu),
+        # -v: one line per response, "> NOERROR www.gslb.example.com A 0.000123"
+        latencies=[float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)],
     )
 
 
 def median_run(runs: list[Run]) -> Run:
     return sorted(runs, key=lambda r: r.qps)[len(runs) // 2]
+
+
+def rate_settings(args: argparse.Namespace) -> list[int | None]:
+    """The guest halt-poll values the fixed-rate rounds run under (None: as found)."""
+    return [None] if args.halt_poll is None else args.halt_poll
+
+
+def rate_key(setting: int | None) -> str:
+    return "rate" if setting is None else f"rate@{setting}"
+
+
+def set_halt_poll(nanoseconds: int | None) -> None:
+    if nanoseconds is not None:
+        HALT_POLL.write_text(f"{nanoseconds}\n")
 
 
 def report(servers: list[Server], args: argparse.Namespace) -> str:
@@ -421,14 +448,18 @@ def report(servers: list[Server], args: argparse.Namespace) -> str:
         "the qps is a lower bound there, compare the CPU per query.",
     ]
     if args.rate:
+        halt = args.halt_poll is not None
         lines += [
             "",
             f"Fixed load, `-Q {args.rate}`, ECS /24, {args.rate_reps} interleaved round"
             f"{'s' if args.rate_reps > 1 else ''} (median; min–max):",
             "",
-            "| server | achieved qps | avg latency ms | max latency ms | lost % "
-            "| server core busy (all processes) |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| server |" + (" guest halt-poll |" if halt else "")
+            + " achieved qps | avg latency ms | max latency ms |"
+            + (" p50 ms | p99 ms |" if args.percentiles else "")
+            + " lost % | server core busy (all processes) |",
+            "|---|" + ("---:|" if halt else "") + "---:|---:|---:|"
+            + ("---:|---:|" if args.percentiles else "") + "---:|---:|",
         ]
 
         def spread(values: list[float], scale: float, form: str) -> str:
@@ -438,16 +469,27 @@ def report(servers: list[Server], args: argparse.Namespace) -> str:
             return (f"{format(middle, form)} ({format(min(values) * scale, form)}–"
                     f"{format(max(values) * scale, form)})")
 
-        for server in servers:
-            runs = server.runs.get("rate", [])
-            if runs:
-                lines.append(
-                    f"| {server.name} | {statistics.median(r.qps for r in runs):,.0f} | "
-                    f"{spread([r.latency_avg for r in runs], 1e3, '.3f')} | "
-                    f"{spread([r.latency_max for r in runs], 1e3, '.3f')} | "
-                    f"{max(r.loss for r in runs) * 100:.2f} | "
-                    f"{statistics.median(r.server_busy for r in runs) * 100:.0f} % |"
-                )
+        def percentile(run: Run, share: float) -> float:
+            ordered = sorted(run.latencies) or [float("nan")]
+            return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+        for setting in rate_settings(args):
+            for server in servers:
+                runs = server.runs.get(rate_key(setting), [])
+                if not runs:
+                    continue
+                cells = [server.name]
+                if halt:
+                    cells.append(f"{setting // 1000} µs")
+                cells += [f"{statistics.median(r.qps for r in runs):,.0f}",
+                          spread([r.latency_avg for r in runs], 1e3, ".3f"),
+                          spread([r.latency_max for r in runs], 1e3, ".3f")]
+                if args.percentiles:
+                    cells += [spread([percentile(r, 0.5) for r in runs], 1e3, ".3f"),
+                              spread([percentile(r, 0.99) for r in runs], 1e3, ".3f")]
+                cells += [f"{max(r.loss for r in runs) * 100:.2f}",
+                          f"{statistics.median(r.server_busy for r in runs) * 100:.0f} %"]
+                lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Answers (`dig +short`): " + "; ".join(
         f"{s.name}: {s.answers.get('plain')} / ECS {ECS_TEXT}: {s.answers.get('ecs')}"
         for s in servers
@@ -476,10 +518,20 @@ def main() -> int:
     parser.add_argument("--compare-python", metavar="PATH",
                         help="another interpreter with the project installed: adds gslb@alt "
                              "and floor@alt rows, in the same rounds")
+    parser.add_argument("--halt-poll", metavar="NS,NS",
+                        type=lambda text: [int(n) for n in text.split(",")],
+                        help="run the fixed-rate rounds under each of these guest "
+                             "haltpoll.guest_halt_poll_ns values (root; restored after)")
+    parser.add_argument("--percentiles", action="store_true",
+                        help="p50 and p99 of the fixed-rate latencies (dnsperf -v)")
     args = parser.parse_args()
     if args.install:
         install()
         return 0
+    if args.halt_poll is not None and not os.access(HALT_POLL, os.W_OK):
+        print(f"--halt-poll needs {HALT_POLL} writable (root, cpuidle-haltpoll)",
+              file=sys.stderr)
+        return 1
     for tool in ("dnsperf", "dig", "taskset"):
         if shutil.which(tool) is None:
             print(f"{tool} is missing: run with --install first (as root)", file=sys.stderr)
@@ -494,6 +546,7 @@ def main() -> int:
                                args.python, args.compare_python)
         if args.only:
             servers = [s for s in servers if s.name in args.only.split(",")]
+        found_halt_poll = HALT_POLL.read_text().strip() if args.halt_poll is not None else None
         try:
             for server in servers:
                 start(server, work)
@@ -510,12 +563,17 @@ def main() -> int:
                               f"{run.cpu_per_query_us:6.1f} µs/query", file=sys.stderr)
             if args.rate:
                 for rep in range(args.rate_reps):  # interleaved too
-                    for server in servers:
-                        run = dnsperf(server, queries, args, True, args.rate)
-                        server.runs.setdefault("rate", []).append(run)
-                        print(f"rate {rep + 1} {server.name:6} {run.latency_avg * 1e3:.3f} ms avg",
-                              file=sys.stderr)
+                    for setting in rate_settings(args):
+                        set_halt_poll(setting)
+                        for server in servers:
+                            run = dnsperf(server, queries, args, True, args.rate)
+                            server.runs.setdefault(rate_key(setting), []).append(run)
+                            print(f"rate {rep + 1} {server.name:6} "
+                                  f"{'' if setting is None else f'halt-poll {setting} '}"
+                                  f"{run.latency_avg * 1e3:.3f} ms avg", file=sys.stderr)
         finally:
+            if found_halt_poll is not None:
+                HALT_POLL.write_text(found_halt_poll + "\n")
             for server in servers:
                 stop(server)
         print(f"Run {started}, {os.cpu_count()} CPUs, load average before: "

@@ -560,9 +560,17 @@ class Registry:
         with self._lock:
             return _note(self._checks.get(ref))
 
-    def on_change(self, listener: Callable[[Snapshot], None]) -> None:
-        """Call ``listener`` with every new snapshot (from the writer's thread)."""
-        self._listeners.append(listener)
+    def on_change(self, listener: Callable[[Snapshot], None]) -> Callable[[], None]:
+        """Call ``listener`` with every new snapshot (from the writer's thread); returns
+        what stops that."""
+        # Copied, not changed in place: a writer in another thread may be going through
+        # the list.
+        self._listeners = [*self._listeners, listener]
+
+        def stop() -> None:
+            self._listeners = [known for known in self._listeners if known is not listener]
+
+        return stop
 
     # --- several instances on one shared store -----------------------------------
 

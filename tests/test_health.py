@@ -402,6 +402,19 @@ def test_deregistered_endpoint_is_no_longer_probed(
     assert registry.check_note(ref) is None
 
 
+def test_an_idle_prober_checks_a_new_endpoint_at_once(
+    registry: Registry, health: HealthThread, servers: ServerFactory
+) -> None:
+    """With nothing due the prober sleeps (up to a second); a registration wakes it."""
+    for host in ("127.0.0.71", "127.0.0.72", "127.0.0.73"):
+        time.sleep(3 * INTERVAL)  # the last endpoint's stopped schedule has come up: idle
+        server = servers(host)
+        ref = register(registry, WWW, "primary", server)
+        took = wait_for(lambda: server.requests >= 1, 2, f"a first check of {host}")
+        assert took < 0.3, took
+        registry.deregister(WWW, "primary", ref.address, ref.port)
+
+
 def test_changed_check_restarts_the_schedule(
     registry: Registry, health: HealthThread, servers: ServerFactory
 ) -> None:

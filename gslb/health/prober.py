@@ -15,8 +15,8 @@ registration at once); its first check failing takes it down immediately. After 
 ``fall`` consecutive failures take an up endpoint down and ``rise`` consecutive passes
 bring a down endpoint up.
 
-The ``Prober`` follows ``registry.snapshot``: new endpoints are checked within about a
-tenth of a second, the second time 0.5-1 interval later, then every ``interval``
+The ``Prober`` follows ``registry.snapshot`` (woken by its changes): new endpoints are
+checked within about a tenth of a second, the second time 0.5-1 interval later, then every ``interval``
 seconds with ±5% jitter; removed endpoints stop being checked; a changed check restarts
 that endpoint's schedule. It is built for thousands of endpoints a second on one core:
 one wheel of schedules, checks on callbacks where they can, results batched. A check
@@ -47,7 +47,8 @@ from gslb.snapshot import ServiceView, Snapshot
 
 log = logging.getLogger("gslb.health")
 
-SYNC_PERIOD = 0.05  # seconds between looks at the registry's generation
+SYNC_PERIOD = 0.05  # at most one look at a changed registry per this many seconds
+MAX_SLEEP = 1.0  # the longest the loop sleeps with nothing due (a change wakes it)
 FIRST_STAGGER = 0.1  # a new endpoint's first check waits up to this (or its interval) ...
 FIRST_RATE = 5000  # ... or longer when many appear at once: at most this many first
 # checks (each a new connection) a second, so that a zone file of thousands of endpoints
@@ -62,7 +63,7 @@ REPORT_PERIOD = 0.01  # results are handed to the registry in batches this often
 # Checks under way at once. Over kept connections one costs no more than a socket already
 # open, and 10,000 checks a second of endpoints 100 ms away keep a thousand under way.
 MAX_CONCURRENT = 1000
-TICK = 0.01  # seconds between looks for due checks (one timer for all endpoints)
+TICK = 0.01  # the wheel's slot: checks due within one start together (one timer for all)
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -328,8 +329,10 @@ class Prober:
 
     ``run()`` loops until cancelled; at most ``max_concurrent`` checks run at once.
 
-    One wheel of schedules, looked at every ``TICK``, starts the checks that are due (no
-    task sleeps per endpoint). An HTTP check over a kept connection runs on callbacks
+    One wheel of schedules in slots of ``TICK`` starts the checks that are due (no task
+    sleeps per endpoint); the loop sleeps until the next slot that holds one, or until
+    the registry changes, so an idle prober does not wake a hundred times a second (each
+    wake takes the GIL from the DNS thread). An HTTP check over a kept connection runs on callbacks
     alone; a check that must connect (or a TCP check) runs as a task. Results reach the
     registry in batches every ``REPORT_PERIOD`` (one lock and at most one snapshot for
     many results); the observer ``on_check`` hears of each at once.
@@ -362,12 +365,22 @@ class Prober:
         self._tasks: set[asyncio.Task[None]] = set()  # checks that connect
         self._pending: list[CheckFields] = []  # plain tuples: thousands a second
         self._flush: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[None] | None = None  # the loop's sleep
+        self._wake_tick = 0  # the slot the loop sleeps until
+        self._changed = True  # the registry published since the last look
         self._signatures: dict[str, object] = {}  # service -> its check and endpoints, synced
         self._refs: dict[str, set[EndpointRef]] = {}  # service -> its probed endpoints
 
     async def run(self) -> None:
         """Follow the registry and check its endpoints until cancelled."""
         loop = self._loop = asyncio.get_running_loop()
+
+        def changed(_snapshot: Snapshot) -> None:  # the writer's thread
+            if not self._changed:
+                self._changed = True
+                loop.call_soon_threadsafe(self._wake)
+
+        unsubscribe = self._registry.on_change(changed)
         async with make_session() as session:
             self._http = session
             self._tcp = tcp.TcpChecker(loop)
@@ -375,14 +388,46 @@ class Prober:
                 next_follow = 0.0
                 while True:
                     now = loop.time()
-                    if now >= next_follow:
+                    if self._changed and now >= next_follow:
+                        self._changed = False
                         self._follow()
                         next_follow = now + SYNC_PERIOD
                     self._start_due(loop)
-                    await asyncio.sleep(TICK)
+                    await self._sleep(loop, next_follow if self._changed else None)
             finally:
+                unsubscribe()
                 await self._stop_all()
                 self._http = self._tcp = None
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, follow: float | None) -> None:
+        """Sleep until the next slot of the wheel that holds a check, ``follow`` (the
+        loop's time), or ``_wake()``, whichever comes first."""
+        now = loop.time()
+        wheel = self._wheel
+        if wheel:
+            tick = self._next_tick if self._next_tick in wheel else min(wheel)
+            until = tick * TICK
+        else:
+            until = now + MAX_SLEEP
+        if follow is not None:
+            until = min(until, follow)
+        delay = until - now
+        if delay <= 0:  # due checks wait for the concurrency limit: look again soon
+            delay = TICK
+        delay = min(delay, MAX_SLEEP)
+        self._wake_tick = int((now + delay) / TICK)
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(delay, self._wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _follow(self) -> None:
         """Catch up with the registry's latest snapshot, if it changed."""
@@ -577,6 +622,8 @@ class Prober:
         due = self._wheel.get(tick)
         if due is None:
             self._wheel[tick] = [schedule]
+            if tick < self._wake_tick:  # due before the loop means to look again
+                self._wake()
         else:
             due.append(schedule)
 

@@ -410,7 +410,7 @@ def test_an_idle_prober_checks_a_new_endpoint_at_once(
         time.sleep(3 * INTERVAL)  # the last endpoint's stopped schedule has come up: idle
         server = servers(host)
         ref = register(registry, WWW, "primary", server)
-        took = wait_for(lambda: server.requests >= 1, 2, f"a first check of {host}")
+        took = wait_for(lambda server=server: server.requests >= 1, 2, f"a first check of {host}")
         assert took < 0.3, took
         registry.deregister(WWW, "primary", ref.address, ref.port)
 

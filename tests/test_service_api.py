@@ -86,6 +86,7 @@ def test_admin_state_of_a_zone_file_endpoint_and_address_forms(api: Api) -> None
         (endpoint_path(A), {"admin": "off"}, 400, "admin"),
         (endpoint_path(A), {"admin": "drain", "why": "x"}, 400, "why"),
         (endpoint_path("not-an-ip"), {"admin": "drain"}, 400, "endpoint"),
+        (endpoint_path("2001:db8::5%25eth0"), {"admin": "drain"}, 400, "endpoint"),  # zone index
         (endpoint_path("192.0.2.10:99999"), {"admin": "drain"}, 400, "endpoint"),
         (endpoint_path("192.0.2.99"), {"admin": "drain"}, 404, None),
         (endpoint_path(A, pool="mars"), {"admin": "drain"}, 404, None),

@@ -370,9 +370,9 @@ def _endpoint_path(request: web.Request) -> tuple[str, str, IPAddress, int | Non
     elif text.count(":") == 1:
         text, port_text = text.split(":")
     try:
-        address = ip_address(text)
-    except ValueError:
-        raise RequestError(f"endpoint: {text!r} is not an IP address", "endpoint") from None
+        address = parse_address(text)
+    except ValueError as exc:
+        raise RequestError(f"endpoint: {exc}", "endpoint") from None
     port = None
     if port_text is not None:
         port = _decimal(port_text)

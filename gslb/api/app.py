@@ -66,7 +66,7 @@ from gslb.config import (
     parse_endpoint_address,
 )
 from gslb.engine.answer import answer
-from gslb.engine.context import ECS_MAX_PREFIX_V4, ECS_MAX_PREFIX_V6, Client
+from gslb.engine.context import Client, ecs_limit
 from gslb.errors import ConfigError, Conflict, Forbidden, NotFound, NotShared, RequestError, StoreError
 from gslb.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gslb.metrics import Metrics
@@ -437,8 +437,8 @@ async def explain(request: web.Request) -> web.Response:
         except ValueError:
             raise RequestError(f"ecs: {ecs_text!r} is not a subnet like 198.51.100.0/24",
                                "ecs") from None
-        limit = ECS_MAX_PREFIX_V4 if ecs.version == 4 else ECS_MAX_PREFIX_V6
-        used = ip_network((ecs.network_address, min(ecs.prefixlen, limit)), strict=False)
+        sent = ecs.network_address
+        used = ip_network((sent, min(ecs.prefixlen, ecs_limit(sent))), strict=False)
         client = Client(used.network_address, used.prefixlen, resolver, nonce)
     snapshot = request.app[REGISTRY].snapshot
     result = answer(snapshot, qname, qtype, client)

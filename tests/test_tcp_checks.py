@@ -1,6 +1,7 @@
 """TCP connect checks (``gslb.health.tcp``) against real sockets on loopback: success,
 refusal, timeout, abandoning, IPv6, sockets reused from one check to the next (whatever
-the last one found), no descriptor and no TIME_WAIT socket left behind."""
+the last one found), no descriptor and no TIME_WAIT socket left behind, and no check
+ever reaching the endpoint's application."""
 
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ async def one(checker: tcp.TcpChecker, host: str, port: int, timeout: float = 1.
 
 
 async def accepting(host: str = HOST) -> asyncio.Server:
-    """An endpoint that accepts every connection (and sees it reset)."""
+    """An endpoint that would accept every connection made to it."""
     return await asyncio.start_server(lambda r, w: w.close(), host, 0, backlog=4096)
 
 
@@ -142,6 +143,36 @@ def test_success_refused_and_timeout(blackhole: int) -> None:
     assert isinstance(refused, ConnectionRefusedError)
     assert isinstance(timed_out, TimeoutError)
     assert 0.2 <= waited < 0.2 + 0.15  # the timeout, late by at most a sweep and the loop
+
+
+@pytest.mark.parametrize("host", ["127.0.0.43", "::1"])
+def test_a_check_never_reaches_the_endpoints_application(host: str) -> None:
+    """A check is SYN, SYN-ACK, reset: the endpoint's kernel drops the half-made
+    connection, so its application has nothing to accept, a check after check, on fresh
+    sockets and on sockets kept from the check before."""
+    if ":" in host and not have_ipv6():
+        pytest.skip("no IPv6 loopback")
+
+    async def go(port: int) -> list[Outcome]:
+        checker = tcp.TcpChecker(asyncio.get_running_loop())
+        try:
+            first = await asyncio.gather(*(one(checker, host, port) for _ in range(20)))
+            return first + [await one(checker, host, port) for _ in range(20)]
+        finally:
+            checker.close()
+
+    with listener(host) as endpoint:
+        endpoint.setblocking(False)
+        outcomes = asyncio.run(go(endpoint.getsockname()[1]))
+        assert outcomes == [None] * 40
+        try:
+            reached, _ = endpoint.accept()
+        except BlockingIOError:
+            pass
+        else:
+            reached.close()
+            pytest.fail("a check's connection reached the endpoint's accept queue")
+        assert time_waits(endpoint.getsockname()[1]) == 0
 
 
 def test_check_results_say_what_happened(blackhole: int) -> None:

@@ -198,12 +198,12 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def install() -> None:
-    missing = [p for p in PACKAGES if subprocess.run(
+def install(packages: tuple[str, ...] = PACKAGES) -> None:
+    missing = [p for p in packages if subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
     ).stdout != "install ok installed"]
     if not missing:
-        print("installed:", " ".join(PACKAGES))
+        print("installed:", " ".join(packages))
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     guard = Path("/usr/sbin/policy-rc.d")

@@ -32,7 +32,9 @@ not counted) and the script prints, per check kind:
 ``--floor`` then measures what the kernel alone costs per TCP check on this loopback:
 one thread connecting to every endpoint once a second with blocking sockets, no event
 loop and no prober, first a socket per connect closed with a reset (``SO_LINGER`` 0),
-then one socket reused, its connection dissolved with ``connect(AF_UNSPEC)``; and last
+then one socket reused, its connection dissolved with ``connect(AF_UNSPEC)``, then the
+same with quick ACKs off (``TCP_QUICKACK`` 0: the handshake's last ACK is held back and
+the reset goes in its place, so the endpoint never accepts the connection); and last
 the ``TcpChecker`` alone on a uvloop loop (no prober, no registry, no metrics), its
 connects started in slices every 10 ms as the prober's ticks do.
 
@@ -337,11 +339,16 @@ def floor(ports: list[list[object]], seconds: float) -> None:
         if dissolve(kept.fileno(), unspec, len(unspec)) != 0:
             raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
 
+    def half_open(where: tuple[str, int]) -> None:  # SYN, SYN-ACK, RST: what TcpChecker does
+        kept.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        reused(where)
+
     tid = threading.get_native_id()
     print("the kernel's part: one thread, blocking connects, every endpoint once a second")
     with kept:
         for name, connect in [("a socket per connect, SO_LINGER 0 close", fresh),
-                              ("one socket, connect(AF_UNSPEC) reset", reused)]:
+                              ("one socket, connect(AF_UNSPEC) reset", reused),
+                              ("as above, the last ACK held back", half_open)]:
             started, (user0, sys0), counters0 = time.monotonic(), thread_cpu(tid), tcp_counters()
             count = 0
             while time.monotonic() - started < seconds:

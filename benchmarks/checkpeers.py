@@ -63,7 +63,15 @@ from pathlib import Path
 
 from interpreter import describe
 from peers import install
-from probes import core_times, process_cpu, raise_nofile, tcp_counters, zone_text
+from probes import (
+    CLOSING,
+    RESPONSE,
+    core_times,
+    process_cpu,
+    raise_nofile,
+    tcp_counters,
+    zone_text,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_HOSTS = [f"127.0.51.{i}" for i in range(1, 81)]
@@ -72,9 +80,6 @@ PACKAGES = ("gdnsd", "haproxy")
 READY_WITHIN = 60.0
 SETTLE = 4.0  # after every endpoint is up: the schedule's first spread-out rounds
 VHOST = "probes.example"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
-CLOSING = (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n"
-           b"Connection: close\r\n\r\nok\n")
 
 
 def quiet_port() -> int:
@@ -110,7 +115,9 @@ def fleet(hosts: list[str], ports: int | list[int]) -> None:
     counts = {"accepted": 0, "served": 0}
 
     class Endpoint(asyncio.Protocol):
-        """Answers ``GET`` with 200; closes after it when HTTP says so (1.0, or close)."""
+        """Answers ``GET`` with 200; closes after it when HTTP says so (1.0, or close).
+        Unlike the fleet of ``probes.py`` it counts connections, and it speaks HTTP/1.0
+        (gdnsd's monitor)."""
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             counts["accepted"] += 1

@@ -13,23 +13,23 @@ are: SYN, the endpoint's SYN-ACK, RST. Quick ACKs are off on the socket
 (``TCP_QUICKACK`` 0), so the kernel holds back the handshake's last ACK for up to
 200 ms while the connect reports success, and the reset goes out in its place. The
 endpoint's kernel then drops the half-made connection: its application never accepts
-a check, never sees it reset, and its kernel never makes a full socket for it. What the check
-proves is unchanged: a SYN-ACK comes only from a listener with room in its queues, the
-same condition under which a full handshake completes. (On loopback, where the prober
-pays for both ends, the kernel's time per check falls by about 40 %.)
+a check, never sees it reset, and its kernel never makes a full socket for it. What
+the check proves is unchanged: a SYN-ACK comes only from a listener with room in its
+queues, the same condition under which a full handshake completes. (On loopback,
+where the prober pays for both ends, the kernel's time per check falls by about 40 %.)
 
 A reset rather than an orderly close also leaves no TIME_WAIT socket behind a check,
 hundreds of thousands a minute with thousands of endpoints (should the held-back ACK
 go out before the reset, the reset still ends the connection at once). The reset is a
-``connect`` to an ``AF_UNSPEC`` address (Linux
-and the BSDs dissolve a TCP association that way, see connect(2)), after which the same
-socket, still in the epoll set, makes the next check: a socket made and closed per
-check costs the kernel much more than that (on loopback about 50 against 30 µs of
-system time a check: a socket, a descriptor and an epoll entry allocated and freed).
-Python's socket API cannot name ``AF_UNSPEC`` for an AF_INET socket, so that one call
-goes through ``ctypes``. A connect that failed needs no reset; its errno (``SO_ERROR``)
-names the failure. A connect that timed out or was abandoned closes its socket (with
-``SO_LINGER`` 0: a reset, should it have opened meanwhile).
+``connect`` to an ``AF_UNSPEC`` address (Linux and the BSDs dissolve a TCP association
+that way, see connect(2)), after which the same socket, still in the epoll set, makes
+the next check: a socket made and closed per check costs the kernel much more than
+that (on loopback about 50 against 30 µs of system time a check: a socket, a
+descriptor and an epoll entry allocated and freed). Python's socket API cannot name
+``AF_UNSPEC`` for an AF_INET socket, so that one call goes through ``ctypes``. A
+connect that failed needs no reset; its errno (``SO_ERROR``) names the failure. A
+connect that timed out or was abandoned closes its socket (with ``SO_LINGER`` 0: a
+reset, should it have opened meanwhile).
 
 A check makes four system calls: turning quick ACKs off (the reset that dissolves a
 connection turns them back on), the connect, the ``epoll_ctl`` that arms it, the

@@ -45,6 +45,7 @@ only loopback is contacted; every process is stopped at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -58,14 +59,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from interpreter import describe
 from peers import install
 from probes import (
-    CLOSING,
-    RESPONSE,
+    Endpoint,
     core_times,
     process_cpu,
     raise_nofile,
@@ -107,35 +107,9 @@ def fleet(hosts: list[str], ports: int | list[int]) -> None:
     """Listen on every (host, port); ``ports`` is a list to bind or a count to pick (the
     same port on every host). Prints the ports as JSON, then answers ``stats`` lines on
     stdin with its counts until stdin closes."""
-    import asyncio
-
     import uvloop
 
     raise_nofile(len(hosts) * (ports if isinstance(ports, int) else len(ports)) * 2 + 1000)
-    counts = {"accepted": 0, "served": 0}
-
-    class Endpoint(asyncio.Protocol):
-        """Answers ``GET`` with 200; closes after it when HTTP says so (1.0, or close).
-        Unlike the fleet of ``probes.py`` it counts connections, and it speaks HTTP/1.0
-        (gdnsd's monitor)."""
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            counts["accepted"] += 1
-            self.transport = transport
-            self.buffer = b""
-
-        def data_received(self, data: bytes) -> None:
-            self.buffer += data
-            while b"\r\n\r\n" in self.buffer:
-                head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-                counts["served"] += 1
-                lower = head.lower()
-                if b"connection: close" in lower or (
-                        b" http/1.0\r\n" in lower and b"keep-alive" not in lower):
-                    self.transport.write(CLOSING)  # type: ignore[attr-defined]
-                    self.transport.close()
-                    return
-                self.transport.write(RESPONSE)  # type: ignore[attr-defined]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -161,7 +135,7 @@ def fleet(hosts: list[str], ports: int | list[int]) -> None:
             bound = list(ports)
         print(json.dumps(bound), flush=True)
         while await loop.run_in_executor(None, sys.stdin.readline):
-            print(json.dumps(counts), flush=True)
+            print(json.dumps(Endpoint.counts), flush=True)
 
     uvloop.run(main())
 
@@ -225,7 +199,6 @@ class Server:
     name: str
     work: Path
     process: subprocess.Popen[bytes] | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     def command(self, kind: str, fleet: Fleet, endpoints: int) -> list[str]:
         raise NotImplementedError
@@ -257,18 +230,20 @@ class Server:
 
 
 class Gslb(Server):
+    api = 0  # the port of its HTTP API, where its health is read
+
     def command(self, kind: str, fleet: Fleet, endpoints: int) -> list[str]:
         zones = self.work / "zones"
         zones.mkdir()
         text = zone_text([list(pair) for pair in fleet.pairs[:endpoints]], kind, 100)
         (zones / "probes.yaml").write_text(text)
-        self.extra["api"] = api = quiet_port()
+        self.api = api = quiet_port()
         return [sys.executable, "-m", "gslb", "serve", "--zones", str(zones),
                 "--dns", f"127.0.0.1:{quiet_port()}", "--api", f"127.0.0.1:{api}",
                 "--state", str(self.work / "state.sqlite"), "--log-level", "warning"]
 
     def health(self, kind: str) -> Health:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.extra['api']}/metrics",
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api}/metrics",
                                     timeout=10) as response:
             text = response.read().decode()
         failed = sum(float(v) for v in re.findall(

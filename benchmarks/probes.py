@@ -66,6 +66,7 @@ Bounded: the run stops after ``--seconds``; only loopback is contacted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
 import gc
 import json
@@ -102,43 +103,53 @@ def raise_nofile(wanted: int) -> None:
 # --- the fleet (child process) -----------------------------------------------------------
 
 
+class Endpoint(asyncio.Protocol):
+    """An endpoint of a fleet: answers each ``GET`` with 200 (HTTP/1.1, kept alive) and
+    closes after it when the request says so (``Connection: close``, or HTTP/1.0 without
+    keep-alive, as gdnsd's monitor sends). Counts connections and requests in ``counts``
+    (one fleet to a process)."""
+
+    counts = {"accepted": 0, "served": 0}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        Endpoint.counts["accepted"] += 1
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.buffer or not data.endswith(b"\r\n\r\n") or data.count(b"\r\n\r\n") != 1:
+            self.slow(data)  # pipelined or split requests: rare
+            return
+        self.answer(data)
+
+    def slow(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            if not self.answer(head):
+                return
+
+    def answer(self, head: bytes) -> bool:
+        """Answer one request; False when the connection is closed after it."""
+        Endpoint.counts["served"] += 1
+        if b"lose" in head or b"HTTP/1.0" in head:  # cheap test first: thousands a second
+            lower = head.lower()
+            if b"connection: close" in lower or (
+                    b" http/1.0" in lower and b"keep-alive" not in lower):
+                self.transport.write(CLOSING)  # type: ignore[attr-defined]
+                self.transport.close()
+                return False
+        self.transport.write(RESPONSE)  # type: ignore[attr-defined]
+        return True
+
+
 def fleet(count: int, defer: bool = False) -> None:
     """Listen on ``count`` ports; print them as JSON; serve until stdin closes. With
     ``defer`` the listeners use TCP_DEFER_ACCEPT: a connection that sends nothing (a TCP
     check) is never accepted, so the fleet is never woken for it."""
-    import asyncio
-
     import uvloop
 
     raise_nofile(count * 2 + 1000)
-    served = [0]
-
-    class Endpoint(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
-            self.buffer = b""
-
-        def data_received(self, data: bytes) -> None:
-            if self.buffer or not data.endswith(b"\r\n\r\n") or data.count(b"\r\n\r\n") != 1:
-                self.slow(data)  # pipelined or split requests: rare
-                return
-            served[0] += 1
-            if b"lose\r\n" in data and b"connection: close" in data.lower():
-                self.transport.write(CLOSING)  # type: ignore[attr-defined]
-                self.transport.close()
-                return
-            self.transport.write(RESPONSE)  # type: ignore[attr-defined]
-
-        def slow(self, data: bytes) -> None:
-            self.buffer += data
-            while b"\r\n\r\n" in self.buffer:
-                head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-                served[0] += 1
-                if b"connection: close" in head.lower():
-                    self.transport.write(CLOSING)  # type: ignore[attr-defined]
-                    self.transport.close()
-                    return
-                self.transport.write(RESPONSE)  # type: ignore[attr-defined]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -151,7 +162,7 @@ def fleet(count: int, defer: bool = False) -> None:
             ports.append([host, server.sockets[0].getsockname()[1]])
         print(json.dumps(ports), flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes it
-        print(json.dumps({"served": served[0]}), flush=True)
+        print(json.dumps({"served": Endpoint.counts["served"]}), flush=True)
 
     uvloop.run(main())
 
@@ -368,8 +379,6 @@ def floor(ports: list[list[object]], seconds: float) -> None:
 
 def checker_alone(addresses: list[tuple[str, int]], seconds: float) -> None:
     """The event-loop part: ``TcpChecker`` connecting to every endpoint once a second."""
-    import asyncio
-
     import uvloop
 
     try:
@@ -427,8 +436,6 @@ class _InstantChecker:
 
 def common_path(endpoints: int, seconds: float) -> None:
     """The prober's per-check path with checks that finish at once (see ``--common``)."""
-    import asyncio
-
     import uvloop
 
     from gslb.config import load_zone_text

@@ -18,7 +18,7 @@ from ipaddress import ip_address
 
 import pytest
 from test_health import wait_for
-from test_tcp_checks import listener
+from test_tcp_checks import assert_nothing_to_accept, listener
 
 from gslb.config import load_zone_text, parse_check
 from gslb.health.http import HttpChecker, HttpTarget, Outcome, Response
@@ -246,14 +246,7 @@ def test_tcp_checks_leave_no_connection_behind() -> None:
         note = registry.check_note(ref)
         assert note is not None and note.result == "connected"
         # SYN, SYN-ACK, reset: no check ever reached the listener's accept queue
-        listening.setblocking(False)
-        try:
-            reached, _ = listening.accept()
-        except BlockingIOError:
-            pass
-        else:
-            reached.close()
-            pytest.fail("a check's connection reached the endpoint's accept queue")
+        assert_nothing_to_accept(listening)
     finally:
         listening.close()
 

@@ -18,10 +18,11 @@ bring a down endpoint up.
 The ``Prober`` follows ``registry.snapshot`` (woken by its changes): new endpoints are
 checked within about a tenth of a second, the second time 0.5-1 interval later, then
 every ``interval`` seconds with ±5% jitter; removed endpoints stop being checked; a
-changed check restarts that endpoint's schedule. It is built for thousands of endpoints a second on one core:
-one wheel of schedules, checks on callbacks where they can, results batched. A check
-whose result leaves its tracker as it is (``Tracker.steady``: nearly all of them) costs
-one plain tuple for the registry and one call to the observer.
+changed check restarts that endpoint's schedule. It is built for thousands of endpoints
+a second on one core: one wheel of schedules, checks on callbacks where they can,
+results batched. A check whose result leaves its tracker as it is (``Tracker.steady``:
+nearly all of them) costs one plain tuple for the registry and one call to the
+observer.
 """
 
 from __future__ import annotations
@@ -332,10 +333,11 @@ class Prober:
     One wheel of schedules in slots of ``TICK`` starts the checks that are due (no task
     sleeps per endpoint); the loop sleeps until the next slot that holds one, or until
     the registry changes, so an idle prober does not wake a hundred times a second (each
-    wake takes the GIL from the DNS thread). An HTTP check over a kept connection runs on
-    callbacks alone; a check that must connect (or a TCP check) runs as a task. Results reach the
-    registry in batches every ``REPORT_PERIOD`` (one lock and at most one snapshot for
-    many results); the observer ``on_check`` hears of each at once.
+    wake takes the GIL from the DNS thread). An HTTP check over a kept connection and a
+    TCP check run on callbacks alone; an HTTP check that must open a connection runs as
+    a task. Results reach the registry in batches every ``REPORT_PERIOD`` (one lock and
+    at most one snapshot for many results); the observer ``on_check`` hears of each at
+    once.
     """
 
     def __init__(
